@@ -1,0 +1,83 @@
+"""Pinhole cameras in OpenCV convention (x right, y down, z forward)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A pinhole camera; world → camera is x_cam = R x_world + t."""
+
+    K: np.ndarray  # [3, 3] intrinsics (pixels)
+    R: np.ndarray  # [3, 3] world-to-camera rotation
+    t: np.ndarray  # [3] world-to-camera translation
+    width: int
+    height: int
+
+    @property
+    def center(self) -> np.ndarray:
+        """Camera centre in world coordinates, [3]."""
+        return -self.R.T @ self.t
+
+    def to_dict(self) -> dict:
+        return {
+            "K": self.K.tolist(),
+            "R": self.R.tolist(),
+            "t": self.t.tolist(),
+            "width": self.width,
+            "height": self.height,
+        }
+
+    @staticmethod
+    def from_dict(d: dict) -> "Camera":
+        return Camera(
+            K=np.asarray(d["K"], dtype=np.float64),
+            R=np.asarray(d["R"], dtype=np.float64),
+            t=np.asarray(d["t"], dtype=np.float64),
+            width=int(d["width"]),
+            height=int(d["height"]),
+        )
+
+    def rays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-pixel rays through pixel centres.
+
+        Returns:
+            origins [H, W, 3] and unit directions [H, W, 3] in world coordinates.
+        """
+        u, v = np.meshgrid(np.arange(self.width) + 0.5, np.arange(self.height) + 0.5)
+        pix = np.stack([u, v, np.ones_like(u)], axis=-1)  # [H, W, 3]
+        d_cam = pix @ np.linalg.inv(self.K).T
+        d_world = d_cam @ self.R  # R^T d for row vectors
+        d_world /= np.linalg.norm(d_world, axis=-1, keepdims=True)
+        origins = np.broadcast_to(self.center, d_world.shape).copy()
+        return origins, d_world
+
+
+def project(points: torch.Tensor | np.ndarray, camera: Camera):
+    """Projects world points [..., 3] to pixel coordinates [..., 2] (same array type)."""
+    if isinstance(points, np.ndarray):
+        cam = points @ camera.R.T + camera.t
+        pix = cam @ camera.K.T
+        return pix[..., :2] / pix[..., 2:3]
+    R = torch.as_tensor(camera.R, dtype=points.dtype, device=points.device)
+    t = torch.as_tensor(camera.t, dtype=points.dtype, device=points.device)
+    K = torch.as_tensor(camera.K, dtype=points.dtype, device=points.device)
+    cam = points @ R.T + t
+    pix = cam @ K.T
+    return pix[..., :2] / pix[..., 2:3]
+
+
+def look_at(eye: np.ndarray, target: np.ndarray, up=(0.0, 1.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """World-to-camera (R, t) for a camera at `eye` looking at `target` (OpenCV axes)."""
+    eye = np.asarray(eye, dtype=np.float64)
+    f = np.asarray(target, dtype=np.float64) - eye
+    f /= np.linalg.norm(f)
+    r = np.cross(f, np.asarray(up, dtype=np.float64))
+    r /= np.linalg.norm(r)
+    d = np.cross(f, r)  # image "down" axis
+    R = np.stack([r, d, f])
+    return R, -R @ eye

@@ -1,0 +1,73 @@
+"""Job events and the cancel token.
+
+A job is a generator function `job(config, ..., cancel: CancelToken) -> Iterator[Event]`. It
+checks the token between steps and raises `Cancelled` (after leaving saved work intact). The
+CLI drives it with a progress bar, the GUI from a QThread; both see the same events.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+class Cancelled(Exception):
+    """Raised inside a job when its cancel token is set."""
+
+
+class CancelToken:
+    """Thread-safe cancel flag shared by a job and whoever drives it."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        """Raises `Cancelled` if cancellation was requested."""
+        if self._event.is_set():
+            raise Cancelled()
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base class of all job events."""
+
+
+@dataclass(frozen=True)
+class Progress(Event):
+    """`done` of `total` units of the named stage are finished."""
+
+    stage: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Log(Event):
+    """A human-readable message."""
+
+    message: str
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Done(Event):
+    """The job finished; `result` is its outcome (e.g. an output path or a metrics dict)."""
+
+    result: object = None
+
+
+def run_job(events: Iterator[Event]) -> object:
+    """Drains a job without any UI; returns the `Done` result."""
+    result = None
+    for ev in events:
+        if isinstance(ev, Done):
+            result = ev.result
+    return result

@@ -1,0 +1,27 @@
+"""The project folder: the one format every stage reads and writes.
+
+Layout (schema 1)::
+
+    PROJECT/
+      project.json     schema version, body model, frame count, image size, fps, held-out frames,
+                       optional "ground_truth" (relative path, synthetic scenes only)
+      frames/NNNNNN.png   RGB frames at working resolution (lossless)
+      masks/NNNNNN.png    person masks, 0 / 255
+      cameras.json     {"frames": [{"K", "R", "t", "width", "height"}, ...]} world→camera, OpenCV axes
+      body.npz         fitted body: shape [S], pose [N,J,3], global_orient [N,3], transl [N,3]
+                       (axis-angle; conventions in engine/body/base.py)
+      keypoints.npy    optional 2D keypoints [N, K, 3] (x, y, confidence), KEYPOINT_NAMES order
+      checkpoints/, exports/, log.txt   written by later stages
+
+Held-out frames (every 5th: indices 4, 9, 14, ...) are never used for training; they are where
+image metrics are reported. Every write is atomic; a project is only read, never "fixed up".
+"""
+
+from engine.project.project import (
+    SCHEMA_VERSION,
+    Project,
+    check_output_dir,
+    held_out_frames,
+)
+
+__all__ = ["SCHEMA_VERSION", "Project", "check_output_dir", "held_out_frames"]
