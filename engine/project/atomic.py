@@ -96,7 +96,12 @@ def staged_folder(target: str | Path, overwrite: bool = False):
     """
     target = Path(target)
     stage = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
-    stage.mkdir(parents=True)
+    try:
+        stage.mkdir(parents=True)
+    except OSError as e:
+        from engine.errors import UserError
+
+        raise UserError(f"cannot create {target}: {e.strerror or e}.") from e
     try:
         yield stage
     except BaseException:

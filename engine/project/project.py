@@ -37,6 +37,8 @@ def check_output_dir(path: str | Path, overwrite: bool) -> Path:
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot create {path}: {parent} is not a folder.")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to {parent} (permission denied).")
     return path
