@@ -157,8 +157,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    if not args.verbose:
-        logging.getLogger("anny").setLevel(logging.WARNING)
     if args.command is None:
         parser.print_help()
         return 0

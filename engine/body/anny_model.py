@@ -52,6 +52,7 @@ class AnnyBody(BodyModel):
     def __init__(self) -> None:
         import anny
 
+        logging.getLogger("anny").setLevel(logging.WARNING)  # its per-load INFO lines are noise here
         if not _anny_cache_ready():
             log.info("Building the Anny body-model cache (one time only, about 2 minutes)...")
         with warnings.catch_warnings():

@@ -172,7 +172,11 @@ def _nearest(points: torch.Tensor, vertices: torch.Tensor, chunk: int = 8192) ->
     """Brute-force nearest vertex in chunks (exact); [P] distances and indices."""
     ds, ids = [], []
     for s in range(0, points.shape[0], chunk):
-        d = torch.cdist(points[s : s + chunk].float(), vertices.float())
+        # The matrix-product shortcut cdist takes by default loses ~1 mm to cancellation (it then
+        # picks a neighbouring vertex, often on another bone); the direct form is exact and as fast.
+        d = torch.cdist(
+            points[s : s + chunk].float(), vertices.float(), compute_mode="donot_use_mm_for_euclid_dist"
+        )
         m, i = d.min(dim=1)
         ds.append(m)
         ids.append(i)

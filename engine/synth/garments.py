@@ -69,8 +69,14 @@ def coverage(body: BodyModel, verts: np.ndarray, garment: str, rng: np.random.Ge
         s, e, w = kp[f"{side}_shoulder"], kp[f"{side}_elbow"], kp[f"{side}_wrist"]
         return np.minimum.reduce([seg_dist(s, e), seg_dist(e, w), seg_dist(w, w + 0.6 * (w - e))])
 
-    # Arm = near the shoulder–elbow–wrist–hand polyline and outside the torso.
-    is_arm = (np.minimum(arm_dist("left"), arm_dist("right")) < 0.09) & (np.abs(x) > sh_x - 0.03)
+    def leg_dist(side):
+        h, k, a = kp[f"{side}_hip"], kp[f"{side}_knee"], kp[f"{side}_ankle"]
+        return np.minimum(seg_dist(h, k), seg_dist(k, a))
+
+    # Arm = outside the torso and closer to an arm (shoulder–elbow–wrist–hand) than to a leg.
+    d_arm = np.minimum(arm_dist("left"), arm_dist("right"))
+    d_leg = np.minimum(leg_dist("left"), leg_dist("right"))
+    is_arm = (np.abs(x) > sh_x - 0.03) & (d_arm < d_leg) & (d_arm < 0.2)
     out = {}
     sleeve = rng.uniform(0.08, 0.2)
     hem_y = hip_y + rng.uniform(-0.06, 0.04)

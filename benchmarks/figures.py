@@ -1,0 +1,46 @@
+"""README figures made by the code: `python -m benchmarks.figures SCENE_DIR [OUT.png]`.
+
+A strip of frames of a synthetic scene, their person masks, and the clothed ground-truth mesh
+next to the naked body in canonical pose.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from engine.body import create_body_model
+from engine.geometry.camera import Camera, look_at
+from engine.project import Project
+from engine.project.atomic import write_image
+from engine.render.raycast import render_mesh
+from engine.synth.ground_truth import GroundTruth
+
+
+def scene_figure(scene: Path, out: Path, picks: int = 4) -> None:
+    proj = Project.open(scene / "project")
+    gt = GroundTruth.load(scene / "ground_truth")
+    idx = np.linspace(0, proj.num_frames - 1, picks + 1)[:-1].round().astype(int)
+    frames = [proj.frame(i) for i in idx]
+    masks = [np.repeat(proj.mask(i)[..., None], 3, -1).astype(np.float32) for i in idx]
+    h, w = frames[0].shape[:2]
+    K = np.array([[1.1 * h, 0, w / 2], [0, 1.1 * h, h / 2], [0, 0, 1.0]])
+    body = create_body_model()
+    naked = body.canonical_vertices(gt.body.shape).numpy()
+    renders = []
+    for verts, faces, colors in ((gt.canonical_vertices, gt.faces, gt.colors),
+                                 (naked, body.faces, np.full((len(naked), 3), 0.75))):
+        centre = (verts.min(0) + verts.max(0)) / 2
+        for eye in ((0, 0, 3.2), (0, 0, -3.2)):
+            R, t = look_at(centre + np.array(eye), centre)
+            r = render_mesh(verts, faces, colors, Camera(K, R, t, w, h), np.ones((h, w, 3), np.float32))
+            renders.append(r.rgb)
+    row1 = np.concatenate(frames + renders[:2], 1)
+    row2 = np.concatenate(masks + renders[2:], 1)
+    write_image(out, np.concatenate([row1, row2], 0))
+
+
+if __name__ == "__main__":
+    scene_figure(Path(sys.argv[1]), Path(sys.argv[2] if len(sys.argv) > 2 else "resources/docs/synthetic_scene.png"))
