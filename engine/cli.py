@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.jobs.events import CancelToken, Cancelled, Done, Event, Log, Progress
+from engine.jobs.events import Cancelled, CancelToken, Done, Event, Log, Progress
 
 log = logging.getLogger("avatar")
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.spatial import cKDTree
 
 from engine.body import BodyConfig, create_body_model

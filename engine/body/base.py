@@ -44,14 +44,14 @@ class BodyParams:
     def num_frames(self) -> int:
         return int(self.pose.shape[0])
 
-    def frame(self, i: int) -> "BodyParams":
+    def frame(self, i: int) -> BodyParams:
         return BodyParams(self.shape, self.pose[i : i + 1], self.global_orient[i : i + 1], self.transl[i : i + 1])
 
     def to_numpy(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k).detach().cpu().numpy().astype(np.float32) for k in ("shape", "pose", "global_orient", "transl")}
 
     @staticmethod
-    def from_numpy(d) -> "BodyParams":
+    def from_numpy(d) -> BodyParams:
         return BodyParams(*(torch.as_tensor(np.asarray(d[k]), dtype=torch.float32) for k in ("shape", "pose", "global_orient", "transl")))
 
 

@@ -33,7 +33,7 @@ class Camera:
         }
 
     @staticmethod
-    def from_dict(d: dict) -> "Camera":
+    def from_dict(d: dict) -> Camera:
         return Camera(
             K=np.asarray(d["K"], dtype=np.float64),
             R=np.asarray(d["R"], dtype=np.float64),

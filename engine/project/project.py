@@ -54,7 +54,7 @@ class Project:
     # ---- creation ---------------------------------------------------------------------------
     @staticmethod
     def create(root: str | Path, *, body_model: str, num_frames: int, width: int, height: int, fps: float,
-               source: dict, ground_truth: str | None = None) -> "Project":
+               source: dict, ground_truth: str | None = None) -> Project:
         root = Path(root)
         (root / "frames").mkdir(parents=True, exist_ok=True)
         (root / "masks").mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ class Project:
 
     # ---- opening ----------------------------------------------------------------------------
     @staticmethod
-    def open(root: str | Path) -> "Project":
+    def open(root: str | Path) -> Project:
         """Opens and validates a project folder.
 
         Raises:

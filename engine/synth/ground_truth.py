@@ -25,7 +25,7 @@ class GroundTruth:
     _posed_path: Path
 
     @staticmethod
-    def load(root: str | Path) -> "GroundTruth":
+    def load(root: str | Path) -> GroundTruth:
         from engine.project.atomic import read_image
 
         root = Path(root)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from engine.evaluation import evaluate_job
 from engine.jobs import run_job
 from engine.metrics import psnr
