@@ -130,12 +130,13 @@ def synth_job(config: SynthConfig, out_dir: str | Path, overwrite: bool = False,
     params = BodyParams(shape, pose, orient, transl)
     yield Progress("body model", 1, 1)
 
-    yield Log("building the clothed canonical mesh")
+    yield Progress("clothed mesh", 0, 1)
     cloth = clothed_canonical_mesh(body, shape, config.garment, rng, voxel=config.voxel)
     canon_body = body.canonical_vertices(shape).numpy()
     kp = dict(zip(KEYPOINT_NAMES, body.keypoints(torch.as_tensor(canon_body)[None])[0].numpy()))
     colors = vertex_colors(cloth.vertices, cloth.labels, rng, kp).astype(np.float32)
     weights = _cloth_weights(body, canon_body, cloth.vertices)
+    yield Progress("clothed mesh", 1, 1)
     cancel.check()
 
     # Pose every frame (exact, by the same skinning the engine inverts).
@@ -182,8 +183,9 @@ def synth_job(config: SynthConfig, out_dir: str | Path, overwrite: bool = False,
             proj.write_mask(i, r.mask)
             frames_rgb.append(rgb8)
             yield Progress("render", i + 1, config.frames)
-        yield Log("encoding video.mp4")
+        yield Progress("video", 0, 1)
         with atomic.atomic_path(stage / "video.mp4") as tmp:
             write_mp4(tmp, frames_rgb, config.fps)
+        yield Progress("video", 1, 1)
     yield Log(f"synthetic scene written to {out}")
     yield Done(out)
