@@ -20,7 +20,8 @@ def motion(body: BodyModel, kind: str, n: int, rng: np.random.Generator) -> tupl
     """Poses for `n` frames.
 
     Returns:
-        pose [N, J, 3], global_orient [N, 3], transl [N, 3]; the body stands on y≈0 near the origin.
+        pose [N, J, 3], global_orient [N, 3], transl [N, 3]; the body stays near the origin
+        (the camera is fitted to it afterwards).
     """
     pose = body.zero_pose(n)
     orient = torch.zeros(n, 3)
