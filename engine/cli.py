@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.jobs.events import Cancelled, CancelToken, Done, Event, Log, Progress
+from engine.jobs.events import Cancelled, CancelToken, Done, Event, Log, Losses, Progress
 
 log = logging.getLogger("avatar")
 
@@ -26,10 +26,12 @@ def drive(events: Iterator[Event], quiet: bool = False) -> object:
                     if bar is not None:
                         bar.close()
                     stage = ev.stage
-                    bar = tqdm(total=ev.total, desc=ev.stage, unit="step", disable=quiet, file=sys.stderr,
+                    bar = tqdm(total=ev.total or None, desc=ev.stage, unit="step", disable=quiet, file=sys.stderr,
                                dynamic_ncols=True)
                 bar.n = ev.done
                 bar.refresh()
+            elif isinstance(ev, Losses) and bar is not None:
+                bar.set_postfix(loss=f"{ev.values['total']:.4f}", psnr=f"{ev.values['psnr_batch']:.1f}", refresh=False)
             elif isinstance(ev, Log):
                 (tqdm.write if bar is not None else log.info)(ev.message) if ev.level == "info" else log.warning(ev.message)
             elif isinstance(ev, Done):
@@ -89,12 +91,44 @@ def _format_metrics(metrics: dict) -> str:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from engine.evaluation import EvalConfig, evaluate_job
 
-    report = drive(evaluate_job(args.project, EvalConfig(body_model_dir=args.body_model_dir), cancel=args.cancel),
+    report = drive(evaluate_job(args.project, EvalConfig(body_model_dir=args.body_model_dir, method=args.method), cancel=args.cancel),
                    args.quiet)
     log.info("%s on %d held-out frames:\n%s", report["method"], len(report["frames"]), _format_metrics(report["metrics"]))
     if args.json:
         _write_json(args.json, report)
         log.info("report written to %s", args.json)
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from engine.refine.config import load_preset
+    from engine.refine.loop import FitBudget, fit_job
+
+    cfg = load_preset(args.preset, lr=args.lr, rays=args.rays, fine_samples=args.samples,
+                      incremental=args.incremental, time_consistency=args.time_consistency, seed=args.seed)
+    if args.iters is None and args.minutes is None:
+        args.iters = 1000
+    budget = FitBudget(iters=args.iters, minutes=args.minutes, checkpoint_every=args.checkpoint_every,
+                       preview_every=0)
+    result = drive(fit_job(args.project, cfg, budget, args.device, args.body_model_dir, cancel=args.cancel),
+                   args.quiet)
+    log.info("fitted to step %d (%.0f s this run); checkpoint in %s/checkpoints/", result["step"],
+             result["seconds"], args.project)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from engine.refine.export import ExportConfig, export_job
+
+    if (args.out is None) == (args.sequence is None):
+        raise UserError("give either OUT.obj|OUT.ply or --sequence DIR.")
+    cfg = ExportConfig(resolution=args.resolution, faces=args.faces, frame=args.frame, up=args.up)
+    target = args.sequence if args.sequence else args.out
+    result = drive(export_job(args.project, target, cfg, sequence=args.sequence is not None, fmt=args.format,
+                              overwrite=args.overwrite, device=args.device, body_model_dir=args.body_model_dir,
+                              cancel=args.cancel), args.quiet)
+    log.info("wrote %d file(s), %d triangles each: %s", len(result["files"]), result["faces"],
+             result["files"][0] if len(result["files"]) == 1 else Path(result["files"][0]).parent)
     return 0
 
 
@@ -141,8 +175,45 @@ def build_parser() -> argparse.ArgumentParser:
                        "normal_consistency, fscore_1cm, fscore_2cm, mpvpe_cm.")
     e.add_argument("project", metavar="PROJECT_DIR")
     e.add_argument("--json", metavar="OUT.json", help="write the full report here")
+    e.add_argument("--method", choices=("auto", "avatar", "body_only"), default="auto",
+                   help="what to score: the fitted avatar if there is one (auto), or force one")
     e.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
     e.set_defaults(func=_cmd_eval)
+
+    f = sub.add_parser("fit", help="fit (or resume) the avatar of a project",
+                       description="Self-supervised refinement of a clothed avatar from the project's frames. "
+                       "Resumes from the project's checkpoint when there is one.")
+    f.add_argument("project", metavar="PROJECT_DIR")
+    f.add_argument("--preset", choices=("fast", "vid2avatar"), default="fast", help="method preset (default fast)")
+    f.add_argument("--iters", type=_positive_int, help="stop at this total step count (default 1000)")
+    f.add_argument("--minutes", type=_nonneg_float, help="stop after this many minutes in this run")
+    f.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute device (default cpu)")
+    f.add_argument("--lr", type=_nonneg_float, help="learning rate of the fields (preset default)")
+    f.add_argument("--rays", type=_positive_int, help="rays per step (preset default)")
+    f.add_argument("--samples", type=_positive_int, help="rendered samples per ray (preset default)")
+    f.add_argument("--incremental", choices=("none", "linear", "squared"), help="incremental sampling profile")
+    f.add_argument("--time-consistency", choices=("none", "displacement", "sdf"), help="time-consistency regulariser")
+    f.add_argument("--seed", type=int, help="random seed")
+    f.add_argument("--checkpoint-every", type=_positive_int, default=50, help="steps between checkpoints (default 50)")
+    f.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
+    f.set_defaults(func=_cmd_fit)
+
+    x = sub.add_parser("export", help="write the fitted avatar as a mesh (OBJ/PLY)",
+                       description="Marching cubes of the canonical SDF (largest component), vertex colours from "
+                       "the colour field, normals; canonical, posed into one frame, or every frame.")
+    x.add_argument("project", metavar="PROJECT_DIR")
+    x.add_argument("out", metavar="OUT.obj|OUT.ply", nargs="?", help="output file")
+    x.add_argument("--sequence", metavar="DIR", help="write every frame into DIR instead")
+    x.add_argument("--format", choices=("obj", "ply"), default="obj", help="file format for --sequence (default obj)")
+    x.add_argument("--frame", type=int, help="pose the mesh into this frame (default: canonical)")
+    x.add_argument("--canonical", action="store_true", help="canonical star pose (the default)")
+    x.add_argument("--resolution", type=_positive_int, default=256, help="marching-cubes resolution (default 256)")
+    x.add_argument("--faces", type=_positive_int, help="decimate to at most this many triangles")
+    x.add_argument("--up", choices=("y", "z"), default="y", help="up axis (default y, as Blender expects)")
+    x.add_argument("--overwrite", action="store_true", help="replace existing files")
+    x.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute device (default cpu)")
+    x.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
+    x.set_defaults(func=_cmd_export)
 
     d = sub.add_parser("demo", help="headless demo: synthesise a scene and score the body-only baseline",
                        description="Generate a small synthetic scene and evaluate the body-only baseline.")

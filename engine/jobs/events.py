@@ -71,3 +71,34 @@ def run_job(events: Iterator[Event]) -> object:
         if isinstance(ev, Done):
             result = ev.result
     return result
+
+
+@dataclass(frozen=True)
+class Losses(Event):
+    """Loss terms after an optimisation step (plain floats), plus throughput."""
+
+    step: int
+    values: dict
+    rays_per_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Preview(Event):
+    """Renders of one frame (CPU float32 arrays, [H, W, 3] / [H, W])."""
+
+    step: int
+    frame: int
+    image: object
+    rgb: object
+    normals: object
+    opacity: object
+
+
+@dataclass(frozen=True)
+class MeshReady(Event):
+    """A canonical mesh of the current avatar (numpy arrays)."""
+
+    step: int
+    vertices: object
+    faces: object
+    colors: object

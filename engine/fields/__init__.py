@@ -1,0 +1,1 @@
+"""Neural fields: encodings, SDF, colour and background fields."""

@@ -1,0 +1,110 @@
+"""The avatar's learnable parts: canonical SDF + colour fields, density scale, background plate,
+and per-frame body refinements."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.fields.body_sdf import BodySDFGrid
+from engine.fields.encodings import HashGrid, HashGridConfig, PositionalEncoding, TinyMLP
+from engine.refine.config import RefineConfig
+
+FEATURES = 15  # geometry features passed from the SDF field to the colour field (hash field)
+
+
+class HashSDF(nn.Module):
+    """Fast path: body SDF grid + hash-grid residual (zero at init, so step 0 is the body)."""
+
+    def __init__(self, body_grid: BodySDFGrid, cfg: RefineConfig) -> None:
+        super().__init__()
+        self.body = body_grid
+        hcfg = HashGridConfig(levels=cfg.hash_levels, log2_table_size=cfg.hash_log2_table,
+                              max_resolution=cfg.hash_max_res)
+        self.grid = HashGrid(hcfg, body_grid.lo, body_grid.hi)
+        self.net = TinyMLP(hcfg.levels * hcfg.features_per_level, 64, 1, 1 + FEATURES, last_zero_init=True)
+        self.feature_dim = FEATURES
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[P, 3] canonical → SDF [P], features [P, F]."""
+        out = self.net(self.grid(x))
+        return self.body(x) + out[:, 0], out[:, 1:]
+
+    def body_sdf(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class MLPSDF(nn.Module):
+    """Vid2Avatar's implicit network: 8x256 Softplus(β=100) MLP, weight norm, skip at layer 4,
+    6-frequency positional encoding; fitted to the body SDF before training (`pretrain`)."""
+
+    def __init__(self, body_grid: BodySDFGrid, cfg: RefineConfig) -> None:
+        super().__init__()
+        self.body = body_grid  # for shells, in-shape and the initial fit only
+        self.pe = PositionalEncoding(6)
+        w, d = cfg.mlp_width, cfg.mlp_depth
+        self.skip = d // 2
+        dims = [self.pe.out_dim] + [w] * (d - 1) + [1 + w]
+        layers = []
+        for i in range(d):
+            out_dim = dims[i + 1] - (self.pe.out_dim if i + 1 == self.skip else 0)
+            lin = nn.Linear(dims[i], out_dim)
+            layers.append(nn.utils.parametrizations.weight_norm(lin))
+        self.layers = nn.ModuleList(layers)
+        self.act = nn.Softplus(beta=100)
+        self.feature_dim = w
+        self.center = nn.Parameter((body_grid.lo + body_grid.hi) / 2, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h0 = self.pe(x - self.center)
+        h = h0
+        for i, layer in enumerate(self.layers):
+            if i == self.skip:
+                h = torch.cat([h, h0], -1) / math.sqrt(2)
+            h = layer(h)
+            if i < len(self.layers) - 1:
+                h = self.act(h)
+        return h[:, 0], h[:, 1:]
+
+    def body_sdf(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class Avatar(nn.Module):
+    """Everything that is optimised for one video."""
+
+    def __init__(self, cfg: RefineConfig, body_grid: BodySDFGrid, num_frames: int, num_pose_bones: int,
+                 background: np.ndarray) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.sdf = HashSDF(body_grid, cfg) if cfg.sdf == "hash" else MLPSDF(body_grid, cfg)
+        pe = PositionalEncoding(4)
+        self.color_pe = pe
+        hidden, layers = (64, 2) if cfg.sdf == "hash" else (256, 4)
+        self.color = TinyMLP(self.sdf.feature_dim + pe.out_dim, hidden, layers, 3)
+        self.log_beta = nn.Parameter(torch.tensor(math.log(cfg.beta_init)))
+        bg = torch.as_tensor(background, dtype=torch.float32).clamp(1e-3, 1 - 1e-3)
+        self.background = nn.Parameter(torch.logit(bg))  # [H, W, 3]
+        self.pose_delta = nn.Parameter(torch.zeros(num_frames, num_pose_bones, 3))
+        self.transl_delta = nn.Parameter(torch.zeros(num_frames, 3))
+
+    @property
+    def beta(self) -> torch.Tensor:
+        return self.log_beta.exp().clamp(min=1e-3)
+
+    def rgb(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """[P, 3] canonical points + features → colours in [0, 1]."""
+        return torch.sigmoid(self.color(torch.cat([features, self.color_pe(x)], -1)))
+
+    def background_at(self, pix: torch.Tensor) -> torch.Tensor:
+        """[R, 2] integer pixel (x, y) → [R, 3]."""
+        return torch.sigmoid(self.background[pix[:, 1], pix[:, 0]])
+
+    def field_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith(("pose_delta", "transl_delta"))]
+
+    def body_parameters(self) -> list[nn.Parameter]:
+        return [self.pose_delta, self.transl_delta]

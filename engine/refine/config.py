@@ -1,0 +1,134 @@
+"""Refinement settings: one dataclass, filled from a preset YAML (resources/presets) and options."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from engine.errors import UserError
+
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "resources" / "presets"
+PRESETS = ("fast", "vid2avatar")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """How the avatar is optimised (see DESIGN.md §4 for the two presets)."""
+
+    preset: str = "fast"
+    """Preset name the other values came from: fast (default) or vid2avatar (faithful baseline)."""
+    sdf: str = "hash"
+    """SDF field: hash (body SDF grid + hash-grid residual) or mlp (8x256 MLP, Vid2Avatar)."""
+    hash_levels: int = 12
+    """Hash grid levels."""
+    hash_log2_table: int = 16
+    """log2 of the hash table size per level."""
+    hash_max_res: int = 512
+    """Finest hash grid resolution over the canonical box."""
+    mlp_width: int = 256
+    """Width of the MLP SDF (mlp field)."""
+    mlp_depth: int = 8
+    """Layers of the MLP SDF (mlp field)."""
+    sampler: str = "shell"
+    """Ray sampler: shell (window around the surface inside the body shell) or uniform (+ importance)."""
+    rays: int = 512
+    """Rays per step."""
+    coarse_samples: int = 32
+    """Samples per ray of the no-grad search pass."""
+    fine_samples: int = 16
+    """Samples per ray that are rendered with gradients."""
+    shell: float = 0.2
+    """Points farther than this from the posed body are empty (metres)."""
+    person_ray_fraction: float = 0.9
+    """Fraction of rays drawn inside the person's box."""
+    lr: float = 1e-2
+    """Learning rate of the fields."""
+    lr_pose: float = 5e-4
+    """Learning rate of the per-frame pose and translation refinement (0 freezes the body)."""
+    beta_init: float = 0.02
+    """Initial Laplace scale of the density (metres)."""
+    w_rgb: float = 1.0
+    """Weight of the L1 colour loss."""
+    w_eikonal: float = 0.1
+    """Weight of the eikonal loss."""
+    w_bce: float = 5e-3
+    """Weight of the ray-opacity binary entropy (pushes opacity to 0 or 1)."""
+    w_sparse: float = 0.1
+    """Weight of the opacity sparseness loss on rays off the body (ramped up over the first 20% of steps)."""
+    w_inshape: float = 0.1
+    """Weight of the in-shape loss (deep inside the body must stay inside)."""
+    w_mask: float = 0.5
+    """Weight of the optional person-mask loss on opacity (0 disables)."""
+    incremental: str = "none"
+    """Incremental sampling profile: none, linear or squared (rays up, samples per ray down)."""
+    time_consistency: str = "none"
+    """Time-consistency regulariser: none, displacement or sdf."""
+    w_time: float = 0.01
+    """Weight of the time-consistency regulariser."""
+    background: str = "plate"
+    """Background model: plate (learned 2D image, static camera)."""
+    eikonal_points: int = 2048
+    """Points per step for the eikonal loss (finite differences)."""
+    coarse_to_fine: float = 0.5
+    """Fraction of the steps over which hash levels are unlocked (0: all from the start)."""
+    seed: int = 0
+    """Random seed."""
+
+    def validate(self) -> None:
+        if self.sdf not in ("hash", "mlp"):
+            raise UserError(f"sdf must be hash or mlp (got {self.sdf!r}).")
+        if self.sampler not in ("shell", "uniform"):
+            raise UserError(f"sampler must be shell or uniform (got {self.sampler!r}).")
+        if self.incremental not in ("none", "linear", "squared"):
+            raise UserError(f"--incremental must be none, linear or squared (got {self.incremental!r}).")
+        if self.time_consistency not in ("none", "displacement", "sdf"):
+            raise UserError(f"--time-consistency must be none, displacement or sdf (got {self.time_consistency!r}).")
+        for name in ("rays", "coarse_samples", "fine_samples"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1.")
+        if not self.lr > 0:
+            raise UserError("--lr must be positive.")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> RefineConfig:
+        known = {f.name for f in fields(RefineConfig)}
+        return RefineConfig(**{k: v for k, v in d.items() if k in known})
+
+
+def field_docs() -> dict[str, str]:
+    """Field name → one-line doc (for --help and GUI tooltips)."""
+    import ast
+    import inspect
+
+    src = inspect.getsource(RefineConfig)
+    tree = ast.parse(src)
+    docs, last = {}, None
+    for node in tree.body[0].body:
+        if isinstance(node, ast.AnnAssign):
+            last = node.target.id
+        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and last:
+            docs[last] = str(node.value.value)
+            last = None
+    return docs
+
+
+def load_preset(name: str, **overrides) -> RefineConfig:
+    """A preset from resources/presets/NAME.yaml with `overrides` (None values ignored)."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    data = yaml.safe_load((PRESETS_DIR / f"{name}.yaml").read_text()) or {}
+    data["preset"] = name
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(RefineConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise UserError(f"unknown setting(s) {', '.join(sorted(unknown))} in preset {name}.")
+    cfg = RefineConfig(**data)
+    cfg.validate()
+    return cfg

@@ -1,0 +1,65 @@
+"""Observation space ↔ canonical space for one frame: Vid2Avatar's inverse-LBS deformer with the
+skinning weights of the nearest posed body vertex (K=1); points far from the body are empty."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from engine.body.base import BodyModel, BodyParams
+from engine.geometry.lbs import warp
+
+
+@dataclass
+class FramePose:
+    """The (refined) body of one frame."""
+
+    index: int
+    transforms: torch.Tensor  # [J, 4, 4] rest → world (differentiable in the refinements)
+    vertices: np.ndarray  # [V, 3] posed body vertices (no grad; for nearest-vertex lookups)
+    tree: cKDTree
+
+
+class Deformer:
+    """Holds the body model, its shape and star-pose transforms, and the base per-frame params."""
+
+    def __init__(self, body: BodyModel, params: BodyParams, device: torch.device) -> None:
+        self.body = body
+        self.params = params
+        self.device = device
+        self.shape = params.shape
+        self.rest = body.rest_vertices(params.shape)  # [V, 3]
+        self.star_tf = body.star_transforms(params.shape).to(device)  # [J, 4, 4]
+        self.weights = body.skin_weights.to(device)
+        self.canonical_vertices = body.canonical_vertices(params.shape)  # [V, 3]
+        self.pose_bones = sorted(set(body.semantic_bones.values()))
+
+    def frame(self, i: int, pose_delta: torch.Tensor | None = None, transl_delta: torch.Tensor | None = None) -> FramePose:
+        """Body of frame i with refinements (deltas on the semantic bones and the translation)."""
+        pose = self.params.pose[i].clone()
+        transl = self.params.transl[i].clone()
+        if pose_delta is not None:
+            pose = pose.index_add(0, torch.tensor(self.pose_bones), pose_delta.cpu())
+            transl = transl + transl_delta.cpu()
+        p = BodyParams(self.shape, pose[None], self.params.global_orient[i : i + 1], transl[None])
+        tf = self.body.bone_transforms(p)[0]
+        with torch.no_grad():
+            from engine.geometry.lbs import lbs
+
+            verts = lbs(self.rest, self.body.skin_weights, tf).numpy()
+        return FramePose(i, tf.to(self.device), verts, cKDTree(verts))
+
+    def to_canonical(self, x: torch.Tensor, fp: FramePose) -> tuple[torch.Tensor, torch.Tensor]:
+        """World points [P, 3] → canonical points [P, 3] and distance to the body [P]."""
+        d, idx = fp.tree.query(x.detach().cpu().numpy(), k=1)
+        idx_t = torch.as_tensor(idx, device=self.device)
+        xc = warp(x, self.weights[idx_t], fp.transforms, self.star_tf)
+        return xc, torch.as_tensor(d, dtype=x.dtype, device=self.device)
+
+    def to_posed(self, xc: torch.Tensor, fp: FramePose) -> torch.Tensor:
+        """Canonical points [P, 3] → world points of frame `fp` (weights of the nearest canonical vertex)."""
+        w, _ = self.body.nearest_vertex_weights(xc.detach().cpu(), self.canonical_vertices)
+        return warp(xc, w.to(self.device), self.star_tf, fp.transforms)

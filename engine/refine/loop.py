@@ -1,0 +1,274 @@
+"""`fit`: the self-supervised optimisation, as a job yielding events (DESIGN.md §4, §6)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.errors import UserError
+from engine.geometry.camera import project
+from engine.jobs.events import CancelToken, Done, Event, Log, Losses, MeshReady, Preview, Progress
+from engine.project import atomic
+from engine.refine.checkpoint import checkpoint_path, save_checkpoint
+from engine.refine.config import RefineConfig
+from engine.refine.raymarch import pixel_rays, render_rays
+from engine.refine.session import Session, open_session
+
+log = logging.getLogger(__name__)
+
+MAX_BAD_STEPS = 5  # consecutive non-finite steps before rolling back to the last good state
+
+
+@dataclass(frozen=True)
+class FitBudget:
+    """When to stop this run."""
+
+    iters: int | None = None
+    """Stop when the total step count (including resumed steps) reaches this."""
+    minutes: float | None = None
+    """Stop after this much wall-clock time in this run."""
+    checkpoint_every: int = 50
+    """Write a checkpoint every this many steps (and at stop)."""
+    preview_every: int = 25
+    """Emit a preview render every this many steps (0: never)."""
+    mesh_every: int = 0
+    """Emit a mesh every this many steps (0: never)."""
+    mesh_resolution: int = 96
+    """Marching-cubes resolution of the live meshes."""
+    preview_frame: int = 0
+    """Frame rendered for previews."""
+
+
+def _progress(session: Session, budget: FitBudget, t0: float, step0: int) -> float:
+    """Fraction of the run's schedule done, in [0, 1] (by steps or by time, whichever is set)."""
+    fr = []
+    if budget.iters:
+        fr.append(session.step / budget.iters)
+    if budget.minutes:
+        fr.append((time.perf_counter() - t0) / (60 * budget.minutes))
+    return float(min(1.0, max(fr))) if fr else 0.0
+
+
+def _incremental(cfg: RefineConfig, p: float) -> tuple[int, int]:
+    """Rays and fine samples per ray for schedule position p (seed thesis: rays up, samples down)."""
+    if cfg.incremental == "none":
+        return cfg.rays, cfg.fine_samples
+    q = p if cfg.incremental == "linear" else p * p
+    rays = int(cfg.rays * (0.5 + 0.5 * q))
+    fine = max(4, int(round(cfg.fine_samples * (2.0 - q))))
+    return rays, fine
+
+
+def _eikonal_points(session: Session, n: int, gen: torch.Generator) -> torch.Tensor:
+    cv = session.deformer.canonical_vertices
+    idx = torch.randint(0, len(cv), (n,), generator=gen)
+    return (cv[idx] + 0.03 * torch.randn(n, 3, generator=gen)).to(session.device)
+
+
+def _state(session: Session, opt: torch.optim.Optimizer, elapsed: float) -> dict:
+    return {
+        "step": session.step,
+        "config": session.cfg.to_dict(),
+        "body_model": session.project.body_model,
+        "num_frames": session.project.num_frames,
+        "model": {k: v.detach().cpu() for k, v in session.avatar.state_dict().items()},
+        "optimizer": opt.state_dict(),
+        "elapsed": elapsed,
+    }
+
+
+def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget: FitBudget = FitBudget(iters=1000),
+            device: str = "cpu", body_model_dir: str | None = None,
+            cancel: CancelToken | None = None) -> Iterator[Event]:
+    """Optimises (or resumes) the avatar of a project; the checkpoint is the only thing it writes."""
+    cancel = cancel or CancelToken()
+    session = open_session(project_dir, config, device, body_model_dir)
+    cfg, av, dev = session.cfg, session.avatar, session.device
+    if session.checkpoint is not None:
+        yield Log(f"resuming from step {session.step} (checkpoint {checkpoint_path(session.project.root)})")
+    atomic.write_json(session.project.root / "refine_config.json", cfg.to_dict())
+    train = session.project.train_frames or list(range(session.project.num_frames))
+    groups = [{"params": av.field_parameters(), "lr": cfg.lr}]
+    if cfg.lr_pose > 0:
+        groups.append({"params": av.body_parameters(), "lr": cfg.lr_pose})
+    opt = torch.optim.Adam(groups, eps=1e-12 if cfg.sdf == "hash" else 1e-8)
+    if session.checkpoint is not None and "optimizer" in session.checkpoint:
+        try:
+            opt.load_state_dict(session.checkpoint["optimizer"])
+        except ValueError as e:
+            raise UserError(f"checkpoint optimiser state does not match this configuration: {e}") from e
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    gen = torch.Generator().manual_seed(cfg.seed * 100003 + session.step)
+    rng = np.random.default_rng(cfg.seed * 7919 + session.step)
+    images = {i: torch.as_tensor(session.project.frame(i), device=dev) for i in train}
+    masks = {i: torch.as_tensor(session.project.mask(i), device=dev) for i in train}
+    if cfg.sdf == "mlp" and session.checkpoint is None:
+        yield from _pretrain_mlp(session, gen, cancel)
+
+    t0 = time.perf_counter()
+    step0 = session.step
+    elapsed0 = float(session.checkpoint.get("elapsed", 0.0)) if session.checkpoint else 0.0
+    good = copy.deepcopy((av.state_dict(), opt.state_dict()))
+    bad = 0
+    total = budget.iters or 0
+    yield Progress("refine", session.step, total)
+
+    def done() -> bool:
+        if budget.iters is not None and session.step >= budget.iters:
+            return True
+        return budget.minutes is not None and time.perf_counter() - t0 >= 60 * budget.minutes
+
+    def checkpoint() -> None:
+        save_checkpoint(checkpoint_path(session.project.root), _state(session, opt, elapsed0 + time.perf_counter() - t0))
+
+    try:
+        while not done():
+            cancel.check()
+            p = _progress(session, budget, t0, step0)
+            for g, lr in zip(opt.param_groups, base_lrs):
+                g["lr"] = lr * (0.1**p)
+            if cfg.sdf == "hash" and cfg.coarse_to_fine > 0:
+                L = cfg.hash_levels
+                av.sdf.grid.set_active_levels(min(L, 4 + int((L - 4) * p / cfg.coarse_to_fine)))
+            n_rays, fine = _incremental(cfg, p)
+            ts = time.perf_counter()
+            values = _step(session, opt, train, images, masks, n_rays, fine, p, gen, rng)
+            dt = time.perf_counter() - ts
+            if values is None:
+                bad += 1
+                log.warning("step %d: non-finite loss or gradient, step skipped", session.step)
+                yield Log(f"step {session.step}: non-finite loss, step skipped", level="warning")
+                if bad >= MAX_BAD_STEPS:
+                    av.load_state_dict(good[0])
+                    opt.load_state_dict(good[1])
+                    base_lrs = [lr * 0.5 for lr in base_lrs]
+                    bad = 0
+                    yield Log("rolled back to the last good state and halved the learning rates", level="warning")
+                continue
+            bad = 0
+            session.step += 1
+            yield Losses(session.step, values, rays_per_s=n_rays / max(dt, 1e-9))
+            yield Progress("refine", session.step, total)
+            if session.step % budget.checkpoint_every == 0:
+                checkpoint()
+                good = copy.deepcopy((av.state_dict(), opt.state_dict()))
+            if budget.preview_every and session.step % budget.preview_every == 0:
+                yield _preview(session, budget.preview_frame)
+            if budget.mesh_every and session.step % budget.mesh_every == 0:
+                m = session.canonical_mesh(budget.mesh_resolution)
+                yield MeshReady(session.step, m.vertices, m.faces, m.colors)
+    except torch.cuda.OutOfMemoryError as e:
+        raise UserError("out of GPU memory: lower --rays or --samples (the last checkpoint is kept).") from e
+    except MemoryError as e:
+        raise UserError("out of memory: lower --rays or --samples (the last checkpoint is kept).") from e
+    finally:
+        # Stop, cancel or error: what was learned since the last checkpoint is kept too.
+        if session.step > step0:
+            checkpoint()
+    yield Log(f"stopped at step {session.step}; checkpoint saved")
+    yield Done({"step": session.step, "seconds": time.perf_counter() - t0, "steps_this_run": session.step - step0})
+
+
+def _preview(session: Session, frame: int) -> Preview:
+    frame = min(max(frame, 0), session.project.num_frames - 1)
+    r = session.render_frame(frame)
+    return Preview(session.step, frame, session.project.frame(frame), r["rgb"].astype(np.float32),
+                   (0.5 + 0.5 * r["normals"]).astype(np.float32), r["opacity"])
+
+
+def _step(session: Session, opt, train, images, masks, n_rays, fine, p, gen, rng) -> dict | None:
+    cfg, av, dev = session.cfg, session.avatar, session.device
+    f = int(rng.choice(train))
+    cam = session.cameras[f]
+    fp = session.frame_pose(f)
+    # Rays: most inside the projected body's box (no mask needed), the rest anywhere.
+    uv = project(fp.vertices, cam)
+    lo = np.clip(uv.min(0) - 15, 0, [cam.width - 1, cam.height - 1])
+    hi = np.clip(uv.max(0) + 15, 0, [cam.width - 1, cam.height - 1])
+    n_in = int(n_rays * cfg.person_ray_fraction)
+    pin = rng.uniform(lo, hi + 1, size=(n_in, 2)).astype(int)
+    pout = rng.uniform([0, 0], [cam.width, cam.height], size=(n_rays - n_in, 2)).astype(int)
+    pix = np.clip(np.concatenate([pin, pout]), 0, [cam.width - 1, cam.height - 1])
+    o, d = pixel_rays(cam, pix, dev)
+    pt = torch.as_tensor(pix, device=dev)
+    gt = images[f][pt[:, 1], pt[:, 0]]
+    gm = masks[f][pt[:, 1], pt[:, 0]].float()
+
+    out = render_rays(av, session.deformer, fp, o, d, cfg.coarse_samples, fine, cfg.sampler, cfg.shell, gen)
+    pred = out.rgb + (1 - out.opacity[:, None]) * av.background_at(pt)
+    losses = {"rgb": cfg.w_rgb * (pred - gt).abs().mean()}
+    op = out.opacity.clamp(1e-4, 1 - 1e-4)
+    if cfg.w_mask > 0:
+        losses["mask"] = cfg.w_mask * F.binary_cross_entropy(op, gm)
+    if cfg.w_bce > 0:
+        losses["bce"] = cfg.w_bce * (-(op * op.log() + (1 - op) * (1 - op).log())).mean()
+    off = out.body_dist > 0.1
+    if cfg.w_sparse > 0 and off.any():
+        losses["sparse"] = cfg.w_sparse * min(1.0, p / 0.2) * out.opacity[off].mean()
+    # Eikonal (forward differences) and in-shape on canonical points near the body.
+    xe = _eikonal_points(session, cfg.eikonal_points, gen)
+    h = 0.002
+    s0, _ = av.sdf(xe)
+    grads = [(av.sdf(xe + h * torch.eye(3, device=dev)[k])[0] - s0) / h for k in range(3)]
+    gnorm = torch.stack(grads, -1).norm(dim=-1)
+    losses["eikonal"] = cfg.w_eikonal * ((gnorm - 1) ** 2).mean()
+    with torch.no_grad():
+        deep = av.sdf.body_sdf(xe) < -0.02
+    if cfg.w_inshape > 0 and deep.any():
+        losses["inshape"] = cfg.w_inshape * F.relu(s0[deep]).mean()
+    if cfg.time_consistency != "none" and len(train) > 1:
+        k = train.index(f)
+        g = train[k + 1] if k + 1 < len(train) else train[k - 1]
+        if cfg.time_consistency == "displacement":
+            losses["time"] = cfg.w_time * ((av.pose_delta[f] - av.pose_delta[g]) ** 2).sum() * 100
+        elif len(out.points_w):
+            fg = session.frame_pose(g)
+            xc_g, _ = session.deformer.to_canonical(out.points_w[:1024], fg)
+            s_f, _ = av.sdf(out.points_c[:1024])
+            s_g, _ = av.sdf(xc_g)
+            losses["time"] = cfg.w_time * (s_f - s_g).abs().mean()
+    total = sum(losses.values())
+    opt.zero_grad(set_to_none=True)
+    if not torch.isfinite(total):
+        return None
+    total.backward()
+    for group in opt.param_groups:
+        for prm in group["params"]:
+            if prm.grad is not None and not torch.isfinite(prm.grad).all():
+                opt.zero_grad(set_to_none=True)
+                return None
+    opt.step()
+    values = {k: float(v) for k, v in losses.items()}
+    values["total"] = float(total)
+    values["beta"] = float(av.beta)
+    with torch.no_grad():
+        values["psnr_batch"] = float(-10 * math.log10(max(float(((pred - gt) ** 2).mean()), 1e-10)))
+    return values
+
+
+def _pretrain_mlp(session: Session, gen: torch.Generator, cancel: CancelToken, steps: int = 300) -> Iterator[Event]:
+    """Vid2Avatar initialises its MLP to the naked body's SDF: fit it to the body grid first."""
+    av = session.avatar
+    opt = torch.optim.Adam(av.sdf.parameters(), lr=1e-3)
+    for s in range(steps):
+        cancel.check()
+        x = _eikonal_points(session, 4096, gen)
+        x = torch.cat([x, x + 0.1 * torch.randn_like(x, device=x.device)])
+        with torch.no_grad():
+            target = av.sdf.body(x)
+        loss = (av.sdf(x)[0] - target).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if s % 10 == 0:
+            yield Progress("initialise SDF to body", s + 1, steps)
+    yield Progress("initialise SDF to body", steps, steps)

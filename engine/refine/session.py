@@ -1,0 +1,183 @@
+"""Everything built from a project for refining, rendering, meshing and evaluating an avatar."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.body import BodyConfig, BodyModel, BodyParams, create_body_model
+from engine.errors import UserError
+from engine.fields.body_sdf import BodySDFGrid
+from engine.geometry.camera import Camera, project
+from engine.mesh import Mesh, color_mesh, extract_mesh
+from engine.project import Project
+from engine.refine.avatar import Avatar
+from engine.refine.checkpoint import checkpoint_path, load_checkpoint
+from engine.refine.config import RefineConfig
+from engine.refine.deformer import Deformer, FramePose
+from engine.refine.raymarch import pixel_rays, render_rays
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is available to this PyTorch build; use --device cpu.")
+        return torch.device("cuda")
+    if name != "cpu":
+        raise UserError(f"--device must be cpu or cuda (got {name!r}).")
+    return torch.device("cpu")
+
+
+def median_background(project: Project, frames: list[int], max_frames: int = 40) -> np.ndarray:
+    """Per-pixel median of unmasked pixels over frames, [H, W, 3] (grey where never seen)."""
+    pick = frames[:: max(1, len(frames) // max_frames)]
+    stack = np.stack([project.frame(i) for i in pick])
+    masks = np.stack([project.mask(i) for i in pick])
+    stack[masks] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: never seen
+        bg = np.nanmedian(stack, axis=0)
+    return np.nan_to_num(bg, nan=0.5).astype(np.float32)
+
+
+@dataclass
+class Session:
+    project: Project
+    cfg: RefineConfig
+    body: BodyModel
+    params: BodyParams
+    deformer: Deformer
+    avatar: Avatar
+    cameras: list[Camera]
+    device: torch.device
+    step: int = 0
+    checkpoint: dict | None = None
+
+    # ---- per-frame body ---------------------------------------------------------------------
+    def frame_pose(self, i: int) -> FramePose:
+        """The refined body of frame i; held-out frames borrow the mean refinement of their neighbours."""
+        train = self.project.train_frames
+        if i in train or not train:
+            return self.deformer.frame(i, self.avatar.pose_delta[i], self.avatar.transl_delta[i])
+        lo = max((f for f in train if f < i), default=None)
+        hi = min((f for f in train if f > i), default=None)
+        nb = [f for f in (lo, hi) if f is not None]
+        pd = torch.stack([self.avatar.pose_delta[f] for f in nb]).mean(0)
+        td = torch.stack([self.avatar.transl_delta[f] for f in nb]).mean(0)
+        return self.deformer.frame(i, pd, td)
+
+    # ---- rendering --------------------------------------------------------------------------
+    @torch.no_grad()
+    def render_frame(self, i: int, chunk: int = 8192, coarse: int | None = None, fine: int | None = None) -> dict:
+        """Full-frame render: rgb (composited), fg opacity, world normals, depth; numpy [H, W, ...]."""
+        cam = self.cameras[i]
+        fp = self.frame_pose(i)
+        H, W = cam.height, cam.width
+        bg = torch.sigmoid(self.avatar.background).cpu().numpy()
+        rgb = bg.copy()
+        opacity = np.zeros((H, W), np.float32)
+        normals = np.zeros((H, W, 3), np.float32)
+        depth = np.zeros((H, W), np.float32)
+        uv = project(fp.vertices, cam)
+        m = 0.25 * cam.K[0, 0] / max(float(np.median(cam.t[2:])), 1.0) + 8  # ~25 cm margin in pixels
+        x0, y0 = np.clip(np.floor(uv.min(0) - m), 0, [W - 1, H - 1]).astype(int)
+        x1, y1 = np.clip(np.ceil(uv.max(0) + m), 0, [W - 1, H - 1]).astype(int)
+        xs, ys = np.meshgrid(np.arange(x0, x1 + 1), np.arange(y0, y1 + 1))
+        pix = np.stack([xs.ravel(), ys.ravel()], 1)
+        cfg = self.cfg
+        for s in range(0, len(pix), chunk):
+            p = pix[s : s + chunk]
+            o, d = pixel_rays(cam, p, self.device)
+            out = render_rays(self.avatar, self.deformer, fp, o, d, coarse or cfg.coarse_samples,
+                              fine or cfg.fine_samples, cfg.sampler, cfg.shell)
+            op = out.opacity.cpu().numpy()
+            fg = out.rgb.cpu().numpy()
+            rgb[p[:, 1], p[:, 0]] = fg + (1 - op[:, None]) * bg[p[:, 1], p[:, 0]]
+            opacity[p[:, 1], p[:, 0]] = op
+            depth[p[:, 1], p[:, 0]] = out.depth.cpu().numpy()
+            hit = op > 0.5
+            if hit.any():
+                x = (o[hit] + d[hit] * out.depth[hit, None])
+                normals[p[hit, 1], p[hit, 0]] = self.world_normals(x, fp).cpu().numpy()
+        return {"rgb": np.clip(rgb, 0, 1), "opacity": opacity, "normals": normals, "depth": depth}
+
+    def world_normals(self, x: torch.Tensor, fp: FramePose, h: float = 0.004) -> torch.Tensor:
+        """Unit normals of the posed surface at world points [P, 3] (central differences)."""
+        cols = []
+        for k in range(3):
+            e = torch.zeros(3, device=x.device)
+            e[k] = h
+            sp, _ = self.avatar.sdf(self.deformer.to_canonical(x + e, fp)[0])
+            sm, _ = self.avatar.sdf(self.deformer.to_canonical(x - e, fp)[0])
+            cols.append((sp - sm) / (2 * h))
+        g = torch.stack(cols, -1)
+        return g / g.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+
+    # ---- meshes -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def canonical_mesh(self, resolution: int = 256) -> Mesh:
+        """Marching cubes of the canonical SDF (largest component), coloured by the colour field."""
+        grid = self.avatar.sdf.body
+        dev = self.device
+
+        def sdf_fn(p: np.ndarray) -> np.ndarray:
+            return self.avatar.sdf(torch.as_tensor(p, device=dev))[0].cpu().numpy()
+
+        def band_fn(p: np.ndarray) -> np.ndarray:
+            return grid(torch.as_tensor(p, device=dev)).cpu().numpy()
+
+        def color_fn(p: np.ndarray) -> np.ndarray:
+            x = torch.as_tensor(p, dtype=torch.float32, device=dev)
+            return self.avatar.rgb(x, self.avatar.sdf(x)[1]).cpu().numpy()
+
+        cv = self.deformer.canonical_vertices.numpy()
+        lo, hi = cv.min(0) - self.cfg.shell, cv.max(0) + self.cfg.shell
+        mesh = extract_mesh(sdf_fn, lo, hi, resolution=resolution, band_fn=band_fn, band=self.cfg.shell)
+        return color_mesh(mesh, color_fn)
+
+
+def open_session(project_dir: str | Path, cfg: RefineConfig | None = None, device: str = "cpu",
+                 body_model_dir: str | None = None, require_checkpoint: bool = False) -> Session:
+    """Opens a project for refinement; restores the checkpoint (and its config) when there is one."""
+    project = Project.open(project_dir)
+    dev = resolve_device(device)
+    body = create_body_model(BodyConfig(project.body_model, body_model_dir))
+    params = project.body()
+    if params.pose.shape[1] != body.num_bones:
+        raise UserError(f"{project.root}/body.npz does not match the {body.name} body model.")
+    ck_path = checkpoint_path(project.root)
+    state = None
+    if ck_path.exists():
+        state = load_checkpoint(ck_path, body_model=project.body_model, num_frames=project.num_frames)
+        saved = RefineConfig.from_dict(state["config"])
+        if cfg is not None and cfg.preset != saved.preset:
+            log.warning("the project's checkpoint uses preset %s; resuming with it (delete checkpoints/ to change)",
+                        saved.preset)
+        cfg = saved
+    elif require_checkpoint:
+        raise UserError(f"{project.root} has no fitted avatar yet (no checkpoints/last.pt); run `fit` first.")
+    cfg = cfg or RefineConfig()
+    cfg.validate()
+    deformer = Deformer(body, params, dev)
+    if state is not None:
+        grid = BodySDFGrid.from_state({k[len("sdf.body."):]: v for k, v in state["model"].items()
+                                       if k.startswith("sdf.body.")})
+        bg = np.zeros((project.meta["height"], project.meta["width"], 3), np.float32) + 0.5
+    else:
+        log.info("precomputing the canonical body SDF")
+        grid = BodySDFGrid(deformer.canonical_vertices.numpy(), body.faces)
+        bg = median_background(project, project.train_frames or list(range(project.num_frames)))
+    torch.manual_seed(cfg.seed)
+    avatar = Avatar(cfg, grid, project.num_frames, len(deformer.pose_bones), bg).to(dev)
+    step = 0
+    if state is not None:
+        avatar.load_state_dict(state["model"])
+        step = int(state["step"])
+    return Session(project, cfg, body, params, deformer, avatar, project.cameras(), dev, step, state)
