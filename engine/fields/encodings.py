@@ -204,11 +204,13 @@ class HashGrid(nn.Module):
         # index_select, not embedding/indexing: its backward (scatter-add) is several times faster on CPU.
         c = self.table.index_select(0, idx.reshape(-1)).reshape(n, k, 2, 2, 2, f)  # corners (x, y, z)
         # Trilinear interpolation as three nested lerps (z, then y, then x): fewer ops, forward and
-        # backward, than forming the 8 corner weights.
-        fr = frac[..., None]  # [N, k, 3, 1]
-        c = c[..., 0, :] + fr[:, :, None, None, 2] * (c[..., 1, :] - c[..., 0, :])  # [N, k, 2, 2, F]
-        c = c[..., 0, :] + fr[:, :, None, 1] * (c[..., 1, :] - c[..., 0, :])  # [N, k, 2, F]
-        c = c[..., 0, :] + fr[:, :, 0] * (c[..., 1, :] - c[..., 0, :])  # [N, k, F]
+        # backward, than forming the 8 corner weights. unbind (not c[..., 0, :]) because its backward
+        # is one stack, where each indexing op's backward would zero-fill a full-size gradient.
+        fx, fy, fz = (t[..., None] for t in frac.unbind(-1))  # [N, k, 1] each
+        c0, c1 = c.unbind(-2)  # [N, k, 2, 2, F]: z = 0 / 1
+        c0, c1 = (c0 + fz[:, :, None, None] * (c1 - c0)).unbind(-2)  # [N, k, 2, F]: y = 0 / 1
+        c0, c1 = (c0 + fy[:, :, None] * (c1 - c0)).unbind(-2)  # [N, k, F]: x = 0 / 1
+        c = c0 + fx * (c1 - c0)  # [N, k, F]
         out = c.reshape(n, k * f)
         if k < self.n_levels:
             out = torch.cat([out, out.new_zeros(n, (self.n_levels - k) * f)], dim=1)

@@ -91,9 +91,12 @@ class Avatar(nn.Module):
         self.pose_delta = nn.Parameter(torch.zeros(num_frames, num_pose_bones, 3))
         self.transl_delta = nn.Parameter(torch.zeros(num_frames, 3))
 
+        # Upper bound on β set by the fit loop's annealing schedule; a buffer so checkpoints keep it.
+        self.register_buffer("beta_cap", torch.tensor(float("inf")))
+
     @property
     def beta(self) -> torch.Tensor:
-        return self.log_beta.exp().clamp(min=1e-3)
+        return torch.minimum(self.log_beta.exp().clamp(min=1e-3), self.beta_cap)
 
     def rgb(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """[P, 3] canonical points + features → colours in [0, 1]."""

@@ -46,10 +46,12 @@ class RefineConfig:
     """Fraction of rays drawn inside the person's box."""
     lr: float = 1e-2
     """Learning rate of the fields."""
-    lr_pose: float = 5e-4
+    lr_pose: float = 5e-3
     """Learning rate of the per-frame pose and translation refinement (0 freezes the body)."""
     beta_init: float = 0.02
     """Initial Laplace scale of the density (metres)."""
+    beta_end: float = 0.0
+    """If > 0, the density scale is capped by a schedule going from beta_init to this over the first 60% of the run."""
     w_rgb: float = 1.0
     """Weight of the L1 colour loss."""
     w_eikonal: float = 0.1

@@ -139,6 +139,8 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
             if cfg.sdf == "hash" and cfg.coarse_to_fine > 0:
                 L = cfg.hash_levels
                 av.sdf.grid.set_active_levels(min(L, 4 + int((L - 4) * p / cfg.coarse_to_fine)))
+            if cfg.beta_end > 0:
+                av.beta_cap.fill_(cfg.beta_init * (cfg.beta_end / cfg.beta_init) ** min(1.0, p / 0.6))
             n_rays, fine = _incremental(cfg, p)
             ts = time.perf_counter()
             values = _step(session, opt, train, images, masks, n_rays, fine, p, gen, rng)
@@ -247,9 +249,9 @@ def _step(session: Session, opt, train, images, masks, n_rays, fine, p, gen, rng
                 opt.zero_grad(set_to_none=True)
                 return None
     opt.step()
-    values = {k: float(v) for k, v in losses.items()}
-    values["total"] = float(total)
-    values["beta"] = float(av.beta)
+    values = {k: float(v.detach()) for k, v in losses.items()}
+    values["total"] = float(total.detach())
+    values["beta"] = float(av.beta.detach())
     with torch.no_grad():
         values["psnr_batch"] = float(-10 * math.log10(max(float(((pred - gt) ** 2).mean()), 1e-10)))
     return values
