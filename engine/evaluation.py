@@ -48,6 +48,8 @@ class EvalConfig:
     """What to score: auto (the avatar if fitted, else the body-only baseline), avatar or body_only."""
     mesh_resolution: int = 128
     """Marching-cubes resolution of the avatar mesh that is scored."""
+    test_time_pose_steps: int = 25
+    """Held-out frames: steps of pose-only fitting to the frame (avatar frozen) before scoring; 0 disables."""
 
 
 def evaluate_job(project_dir: str | Path, config: EvalConfig = EvalConfig(),
@@ -125,8 +127,11 @@ def _evaluate_avatar(project: Project, gt: GroundTruth | None, config: EvalConfi
     canonical = session.canonical_mesh(config.mesh_resolution) if gt is not None else None
     yield Progress("evaluate: mesh", 1, 1)
     per_frame = []
+    train = set(project.train_frames)
     for k, i in enumerate(frames):
         cancel.check()
+        if config.test_time_pose_steps > 0 and i not in train:
+            session.fit_frame_pose(i, steps=config.test_time_pose_steps, rays=512)
         r = session.render_frame(i)
         row = _image_row(i, r["rgb"], r["opacity"] > 0.5, project.frame(i), project.mask(i))
         if gt is not None:

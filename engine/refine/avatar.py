@@ -88,11 +88,20 @@ class Avatar(nn.Module):
         self.log_beta = nn.Parameter(torch.tensor(math.log(cfg.beta_init)))
         bg = torch.as_tensor(background, dtype=torch.float32).clamp(1e-3, 1 - 1e-3)
         self.background = nn.Parameter(torch.logit(bg))  # [H, W, 3]
-        self.pose_delta = nn.Parameter(torch.zeros(num_frames, num_pose_bones, 3))
-        self.transl_delta = nn.Parameter(torch.zeros(num_frames, 3))
-
+        # Per-frame refinements as sparse embeddings: a step only touches (and its optimiser only
+        # moves) the frame it rendered, so rarely visited frames do not drift on stale momentum.
+        self.pose_delta = nn.Embedding(num_frames, num_pose_bones * 3, sparse=True)
+        self.transl_delta = nn.Embedding(num_frames, 3, sparse=True)
+        nn.init.zeros_(self.pose_delta.weight)
+        nn.init.zeros_(self.transl_delta.weight)
+        self.num_pose_bones = num_pose_bones
         # Upper bound on β set by the fit loop's annealing schedule; a buffer so checkpoints keep it.
         self.register_buffer("beta_cap", torch.tensor(float("inf")))
+
+    def frame_deltas(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pose [B, 3] and translation [3] refinements of frame i (differentiable, sparse grads)."""
+        idx = torch.tensor([i], device=self.pose_delta.weight.device)
+        return self.pose_delta(idx).view(self.num_pose_bones, 3), self.transl_delta(idx)[0]
 
     @property
     def beta(self) -> torch.Tensor:
@@ -110,4 +119,4 @@ class Avatar(nn.Module):
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith(("pose_delta", "transl_delta"))]
 
     def body_parameters(self) -> list[nn.Parameter]:
-        return [self.pose_delta, self.transl_delta]
+        return [self.pose_delta.weight, self.transl_delta.weight]

@@ -68,6 +68,32 @@ def _incremental(cfg: RefineConfig, p: float) -> tuple[int, int]:
     return rays, fine
 
 
+class Optimizers:
+    """Adam for the fields, sparse Adam for the per-frame body refinements (one interface)."""
+
+    def __init__(self, av, cfg: RefineConfig) -> None:
+        self.fields = torch.optim.Adam(av.field_parameters(), lr=cfg.lr, eps=1e-12 if cfg.sdf == "hash" else 1e-8)
+        self.body = torch.optim.SparseAdam(av.body_parameters(), lr=cfg.lr_pose) if cfg.lr_pose > 0 else None
+        self.param_groups = self.fields.param_groups + (self.body.param_groups if self.body else [])
+        self._all = [self.fields] + ([self.body] if self.body else [])
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self._all:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self._all:
+            o.step()
+
+    def state_dict(self) -> dict:
+        return {"fields": self.fields.state_dict(), "body": self.body.state_dict() if self.body else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fields.load_state_dict(state["fields"])
+        if self.body is not None and state.get("body") is not None:
+            self.body.load_state_dict(state["body"])
+
+
 def _eikonal_points(session: Session, n: int, gen: torch.Generator) -> torch.Tensor:
     cv = session.deformer.canonical_vertices
     idx = torch.randint(0, len(cv), (n,), generator=gen)
@@ -97,24 +123,21 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
         yield Log(f"resuming from step {session.step} (checkpoint {checkpoint_path(session.project.root)})")
     atomic.write_json(session.project.root / "refine_config.json", cfg.to_dict())
     train = session.project.train_frames or list(range(session.project.num_frames))
-    groups = [{"params": av.field_parameters(), "lr": cfg.lr}]
-    if cfg.lr_pose > 0:
-        groups.append({"params": av.body_parameters(), "lr": cfg.lr_pose})
-    opt = torch.optim.Adam(groups, eps=1e-12 if cfg.sdf == "hash" else 1e-8)
+    opt = Optimizers(av, cfg)
     if session.checkpoint is not None and "optimizer" in session.checkpoint:
         try:
             opt.load_state_dict(session.checkpoint["optimizer"])
-        except ValueError as e:
+        except (ValueError, KeyError) as e:
             raise UserError(f"checkpoint optimiser state does not match this configuration: {e}") from e
     base_lrs = [g["lr"] for g in opt.param_groups]
     gen = torch.Generator().manual_seed(cfg.seed * 100003 + session.step)
     rng = np.random.default_rng(cfg.seed * 7919 + session.step)
     images = {i: torch.as_tensor(session.project.frame(i), device=dev) for i in train}
     masks = {i: torch.as_tensor(session.project.mask(i), device=dev) for i in train}
+    t0 = time.perf_counter()  # the MLP's body initialisation counts against the budget too
     if cfg.sdf == "mlp" and session.checkpoint is None:
         yield from _pretrain_mlp(session, gen, cancel)
 
-    t0 = time.perf_counter()
     step0 = session.step
     elapsed0 = float(session.checkpoint.get("elapsed", 0.0)) if session.checkpoint else 0.0
     good = copy.deepcopy((av.state_dict(), opt.state_dict()))
@@ -231,7 +254,7 @@ def _step(session: Session, opt, train, images, masks, n_rays, fine, p, gen, rng
         k = train.index(f)
         g = train[k + 1] if k + 1 < len(train) else train[k - 1]
         if cfg.time_consistency == "displacement":
-            losses["time"] = cfg.w_time * ((av.pose_delta[f] - av.pose_delta[g]) ** 2).sum() * 100
+            losses["time"] = cfg.w_time * ((av.frame_deltas(f)[0] - av.frame_deltas(g)[0]) ** 2).sum() * 100
         elif len(out.points_w):
             fg = session.frame_pose(g)
             xc_g, _ = session.deformer.to_canonical(out.points_w[:1024], fg)
@@ -245,7 +268,10 @@ def _step(session: Session, opt, train, images, masks, n_rays, fine, p, gen, rng
     total.backward()
     for group in opt.param_groups:
         for prm in group["params"]:
-            if prm.grad is not None and not torch.isfinite(prm.grad).all():
+            g = prm.grad
+            if g is not None and g.is_sparse:
+                g = g.coalesce().values()
+            if g is not None and not torch.isfinite(g).all():
                 opt.zero_grad(set_to_none=True)
                 return None
     opt.step()
@@ -257,13 +283,13 @@ def _step(session: Session, opt, train, images, masks, n_rays, fine, p, gen, rng
     return values
 
 
-def _pretrain_mlp(session: Session, gen: torch.Generator, cancel: CancelToken, steps: int = 300) -> Iterator[Event]:
+def _pretrain_mlp(session: Session, gen: torch.Generator, cancel: CancelToken, steps: int = 200) -> Iterator[Event]:
     """Vid2Avatar initialises its MLP to the naked body's SDF: fit it to the body grid first."""
     av = session.avatar
     opt = torch.optim.Adam(av.sdf.parameters(), lr=1e-3)
     for s in range(steps):
         cancel.check()
-        x = _eikonal_points(session, 4096, gen)
+        x = _eikonal_points(session, 2048, gen)
         x = torch.cat([x, x + 0.1 * torch.randn_like(x, device=x.device)])
         with torch.no_grad():
             target = av.sdf.body(x)

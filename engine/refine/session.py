@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,19 +59,71 @@ class Session:
     device: torch.device
     step: int = 0
     checkpoint: dict | None = None
+    test_time_fitted: set = field(default_factory=set)
+
+    def fit_frame_pose(self, i: int, steps: int = 40, rays: int = 1024, lr: float = 3e-3) -> None:
+        """Test-time fit of one frame's body (pose and translation refinement only; the avatar is
+        frozen), from that frame's pixels. Used to score held-out frames whose stored body is noisy:
+        the avatar itself never sees them."""
+        import torch.nn.functional as F
+
+        cfg, av = self.cfg, self.avatar
+        fp0 = self.frame_pose(i)  # neighbours' mean as the start
+        with torch.no_grad():
+            d_pose, d_tr = (t.clone() for t in self._neighbour_deltas(i))
+        d_pose.requires_grad_(True)
+        d_tr.requires_grad_(True)
+        opt = torch.optim.Adam([d_pose, d_tr], lr=lr)
+        cam = self.cameras[i]
+        image = torch.as_tensor(self.project.frame(i), device=self.device)
+        mask = torch.as_tensor(self.project.mask(i), device=self.device).float()
+        uv = project(fp0.vertices, cam)
+        lo = np.clip(uv.min(0) - 15, 0, [cam.width - 1, cam.height - 1])
+        hi = np.clip(uv.max(0) + 15, 0, [cam.width - 1, cam.height - 1])
+        g = np.random.default_rng(i)
+        frozen = [p for p in av.parameters() if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            for _ in range(steps):
+                pix = g.uniform(lo, hi + 1, size=(rays, 2)).astype(int).clip(0, [cam.width - 1, cam.height - 1])
+                o, d = pixel_rays(cam, pix, self.device)
+                fp = self.deformer.frame(i, d_pose, d_tr)
+                out = render_rays(av, self.deformer, fp, o, d, cfg.coarse_samples, cfg.fine_samples, cfg.sampler,
+                                  cfg.shell)
+                pt = torch.as_tensor(pix, device=self.device)
+                pred = out.rgb + (1 - out.opacity[:, None]) * av.background_at(pt)
+                loss = (pred - image[pt[:, 1], pt[:, 0]]).abs().mean() + 0.5 * F.binary_cross_entropy(
+                    out.opacity.clamp(1e-4, 1 - 1e-4), mask[pt[:, 1], pt[:, 0]])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        with torch.no_grad():
+            av.pose_delta.weight[i] = d_pose.detach().reshape(-1)
+            av.transl_delta.weight[i] = d_tr.detach()
+        self.test_time_fitted.add(i)
+
+    def _neighbour_deltas(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        train = self.project.train_frames
+        lo = max((f for f in train if f < i), default=None)
+        hi = min((f for f in train if f > i), default=None)
+        nb = [f for f in (lo, hi) if f is not None] or [i]
+        with torch.no_grad():
+            pd = torch.stack([self.avatar.frame_deltas(f)[0] for f in nb]).mean(0)
+            td = torch.stack([self.avatar.frame_deltas(f)[1] for f in nb]).mean(0)
+        return pd, td
 
     # ---- per-frame body ---------------------------------------------------------------------
     def frame_pose(self, i: int) -> FramePose:
-        """The refined body of frame i; held-out frames borrow the mean refinement of their neighbours."""
+        """The refined body of frame i; held-out frames borrow the mean refinement of their neighbours
+        unless `fit_frame_pose` fitted their own."""
         train = self.project.train_frames
-        if i in train or not train:
-            return self.deformer.frame(i, self.avatar.pose_delta[i], self.avatar.transl_delta[i])
-        lo = max((f for f in train if f < i), default=None)
-        hi = min((f for f in train if f > i), default=None)
-        nb = [f for f in (lo, hi) if f is not None]
-        pd = torch.stack([self.avatar.pose_delta[f] for f in nb]).mean(0)
-        td = torch.stack([self.avatar.transl_delta[f] for f in nb]).mean(0)
-        return self.deformer.frame(i, pd, td)
+        if i in train or not train or i in self.test_time_fitted:
+            return self.deformer.frame(i, *self.avatar.frame_deltas(i))
+        return self.deformer.frame(i, *self._neighbour_deltas(i))
 
     # ---- rendering --------------------------------------------------------------------------
     @torch.no_grad()
