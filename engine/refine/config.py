@@ -46,7 +46,7 @@ class RefineConfig:
     """Fraction of rays drawn inside the person's box."""
     lr: float = 1e-2
     """Learning rate of the fields."""
-    lr_pose: float = 3e-3
+    lr_pose: float = 2e-3
     """Learning rate of the per-frame pose and translation refinement (0 freezes the body)."""
     beta_init: float = 0.02
     """Initial Laplace scale of the density (metres)."""

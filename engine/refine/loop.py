@@ -159,6 +159,10 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
             p = _progress(session, budget, t0, step0)
             for g, lr in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr * (0.1**p)
+            if opt.body is not None:
+                # The body is only refined once the fields explain the frames roughly (after 30% of
+                # the run, at a constant rate); earlier, photometric gradients would push poses to fit a wrong shape.
+                opt.body.param_groups[0]["lr"] = base_lrs[-1] * min(1.0, max(0.0, (p - 0.3) / 0.2))
             if cfg.sdf == "hash" and cfg.coarse_to_fine > 0:
                 L = cfg.hash_levels
                 av.sdf.grid.set_active_levels(min(L, 4 + int((L - 4) * p / cfg.coarse_to_fine)))
@@ -261,6 +265,10 @@ def _step(session: Session, opt, train, images, masks, n_rays, fine, p, gen, rng
             s_f, _ = av.sdf(out.points_c[:1024])
             s_g, _ = av.sdf(xc_g)
             losses["time"] = cfg.w_time * (s_f - s_g).abs().mean()
+    if cfg.lr_pose > 0:
+        # Weak prior: refinements stay small unless the pixels insist.
+        d_pose, d_tr = av.frame_deltas(f)
+        losses["pose_prior"] = 0.1 * ((d_pose**2).sum() + (d_tr**2).sum())
     total = sum(losses.values())
     opt.zero_grad(set_to_none=True)
     if not torch.isfinite(total):

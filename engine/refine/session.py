@@ -61,7 +61,7 @@ class Session:
     checkpoint: dict | None = None
     test_time_fitted: set = field(default_factory=set)
 
-    def fit_frame_pose(self, i: int, steps: int = 40, rays: int = 1024, lr: float = 3e-3) -> None:
+    def fit_frame_pose(self, i: int, steps: int = 40, rays: int = 1024, lr: float = 1e-3) -> None:
         """Test-time fit of one frame's body (pose and translation refinement only; the avatar is
         frozen), from that frame's pixels. Used to score held-out frames whose stored body is noisy:
         the avatar itself never sees them."""
@@ -88,7 +88,7 @@ class Session:
             for _ in range(steps):
                 pix = g.uniform(lo, hi + 1, size=(rays, 2)).astype(int).clip(0, [cam.width - 1, cam.height - 1])
                 o, d = pixel_rays(cam, pix, self.device)
-                fp = self.deformer.frame(i, d_pose, d_tr)
+                fp = self.deformer.frame(i, d_pose, self._in_image_plane(i, d_tr))
                 out = render_rays(av, self.deformer, fp, o, d, cfg.coarse_samples, cfg.fine_samples, cfg.sampler,
                                   cfg.shell)
                 pt = torch.as_tensor(pix, device=self.device)
@@ -122,8 +122,16 @@ class Session:
         unless `fit_frame_pose` fitted their own."""
         train = self.project.train_frames
         if i in train or not train or i in self.test_time_fitted:
-            return self.deformer.frame(i, *self.avatar.frame_deltas(i))
-        return self.deformer.frame(i, *self._neighbour_deltas(i))
+            d_pose, d_tr = self.avatar.frame_deltas(i)
+        else:
+            d_pose, d_tr = self._neighbour_deltas(i)
+        return self.deformer.frame(i, d_pose, self._in_image_plane(i, d_tr))
+
+    def _in_image_plane(self, i: int, d_tr: torch.Tensor) -> torch.Tensor:
+        """Drops the part of a translation refinement along the camera's axis: moving toward the
+        camera would let the body grow in the image instead of the clothes being learned."""
+        z = torch.as_tensor(self.cameras[i].R[2], dtype=d_tr.dtype, device=d_tr.device)
+        return d_tr - (d_tr @ z) * z
 
     # ---- rendering --------------------------------------------------------------------------
     @torch.no_grad()
