@@ -163,7 +163,8 @@ class HashGrid(nn.Module):
         """Maps points [N, 3] into the unit cube [0, 1]^3 of the bounding box, clamping outliers."""
         dt = self.table.dtype
         lo, hi = self.bbox_min.to(dt), self.bbox_max.to(dt)
-        return ((x.to(dt) - lo) / (hi - lo)).clamp(0.0, 1.0)
+        # nan_to_num: a diverged step must give a NaN loss (skipped), not an out-of-range gather.
+        return torch.nan_to_num((x.to(dt) - lo) / (hi - lo)).clamp(0.0, 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encodes points.

@@ -54,7 +54,9 @@ class Deformer:
 
     def to_canonical(self, x: torch.Tensor, fp: FramePose) -> tuple[torch.Tensor, torch.Tensor]:
         """World points [P, 3] → canonical points [P, 3] and distance to the body [P]."""
-        d, idx = fp.tree.query(x.detach().cpu().numpy(), k=1)
+        # Non-finite points (a diverged step) are sent far away: empty space, and the loss says the rest.
+        q = np.nan_to_num(x.detach().cpu().numpy(), nan=1e6, posinf=1e6, neginf=-1e6)
+        d, idx = fp.tree.query(q, k=1)
         idx_t = torch.as_tensor(idx, device=self.device)
         xc = warp(x, self.weights[idx_t], fp.transforms, self.star_tf)
         return xc, torch.as_tensor(d, dtype=x.dtype, device=self.device)

@@ -237,7 +237,8 @@ def _step(session: Session, opt, train, images, masks, n_rays, fine, p, gen, rng
     losses = {"rgb": cfg.w_rgb * (pred - gt).abs().mean()}
     op = out.opacity.clamp(1e-4, 1 - 1e-4)
     if cfg.w_mask > 0:
-        losses["mask"] = cfg.w_mask * F.binary_cross_entropy(op, gm)
+        # Written out (not F.binary_cross_entropy, which raises on NaN): a diverged step must be skippable.
+        losses["mask"] = cfg.w_mask * -(gm * op.log() + (1 - gm) * (1 - op).log()).mean()
     if cfg.w_bce > 0:
         losses["bce"] = cfg.w_bce * (-(op * op.log() + (1 - op) * (1 - op).log())).mean()
     off = out.body_dist > 0.1
