@@ -42,5 +42,29 @@ def scene_figure(scene: Path, out: Path, picks: int = 4) -> None:
     write_image(out, np.concatenate([row1, row2], 0))
 
 
+def avatar_figure(project: Path, out: Path, frame: int | None = None) -> None:
+    """Held-out frame: input | avatar render | avatar normals, then the true clothed mesh and the
+    avatar's mesh posed into that frame, rendered with the same camera."""
+    from engine.refine.export import posed_mesh
+    from engine.refine.session import open_session
+
+    s = open_session(project)
+    gt = GroundTruth.load(s.project.ground_truth_dir)
+    i = frame if frame is not None else s.project.held_out[0]
+    s.fit_frame_pose(i, steps=25, rays=512)
+    r = s.render_frame(i)
+    cam = s.cameras[i]
+    white = np.ones((cam.height, cam.width, 3), np.float32)
+    truth = render_mesh(gt.posed_vertices(i), gt.faces, np.full((len(gt.canonical_vertices), 3), 0.8),
+                        cam, white).rgb
+    mesh = posed_mesh(s, s.canonical_mesh(256), i)
+    ours = render_mesh(mesh.vertices, mesh.faces, np.full((len(mesh.vertices), 3), 0.8), cam, white).rgb
+    normals = np.where(r["opacity"][..., None] > 0.5, 0.5 + 0.5 * r["normals"], 1.0)
+    write_image(out, np.concatenate([s.project.frame(i), r["rgb"], normals, truth, ours], 1))
+
+
 if __name__ == "__main__":
-    scene_figure(Path(sys.argv[1]), Path(sys.argv[2] if len(sys.argv) > 2 else "resources/docs/synthetic_scene.png"))
+    if len(sys.argv) > 1 and sys.argv[1] == "avatar":
+        avatar_figure(Path(sys.argv[2]), Path(sys.argv[3] if len(sys.argv) > 3 else "resources/docs/avatar_result.png"))
+    else:
+        scene_figure(Path(sys.argv[1]), Path(sys.argv[2] if len(sys.argv) > 2 else "resources/docs/synthetic_scene.png"))

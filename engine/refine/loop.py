@@ -129,7 +129,8 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
             opt.load_state_dict(session.checkpoint["optimizer"])
         except (ValueError, KeyError) as e:
             raise UserError(f"checkpoint optimiser state does not match this configuration: {e}") from e
-    base_lrs = [g["lr"] for g in opt.param_groups]
+    # From the config, not the optimiser: a resumed optimiser state carries already-decayed rates.
+    base_lrs = [cfg.lr] + ([cfg.lr_pose] if opt.body is not None else [])
     gen = torch.Generator().manual_seed(cfg.seed * 100003 + session.step)
     rng = np.random.default_rng(cfg.seed * 7919 + session.step)
     images = {i: torch.as_tensor(session.project.frame(i), device=dev) for i in train}

@@ -25,7 +25,7 @@ def assert_clean_error(p: subprocess.CompletedProcess, needle: str) -> None:
     assert needle in p.stderr, p.stderr
 
 
-@pytest.mark.parametrize("cmd", [[], ["synth"], ["eval"], ["demo"]])
+@pytest.mark.parametrize("cmd", [[], ["synth"], ["eval"], ["fit"], ["export"], ["demo"]])
 def test_every_command_has_help(cmd):
     p = run(*cmd, "--help")
     assert p.returncode == 0 and "usage:" in p.stdout
