@@ -176,7 +176,7 @@ def clothed_canonical_mesh(body: BodyModel, shape, garment: str, rng: np.random.
     vol = sdf.reshape(*dims)
     verts, tris, _, _ = marching_cubes(vol, level=0.0, spacing=(voxel, voxel, voxel))
     verts += lo
-    tris = tris[:, ::-1].copy()  # skimage's winding points inward for an inside-negative SDF
+    # skimage >= 0.2x already winds faces outward for an inside-negative SDF (normals point out).
     mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(verts), o3d.utility.Vector3iVector(tris))
     # Keep the largest connected piece (drops specks from the offset field).
     clusters, counts, _ = mesh.cluster_connected_triangles()
