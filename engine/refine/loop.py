@@ -15,12 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import UserError
-from engine.geometry.camera import project
 from engine.jobs.events import CancelToken, Done, Event, Log, Losses, MeshReady, Preview, Progress
 from engine.project import atomic
 from engine.refine.checkpoint import checkpoint_path, save_checkpoint
 from engine.refine.config import RefineConfig
-from engine.refine.raymarch import pixel_rays, render_rays
+from engine.refine.raymarch import body_box, pixel_rays, render_rays
 from engine.refine.session import Session, open_session
 
 log = logging.getLogger(__name__)
@@ -221,9 +220,7 @@ def _step(session: Session, opt, train, images, masks, n_rays, fine, p, gen, rng
     cam = session.cameras[f]
     fp = session.frame_pose(f)
     # Rays: most inside the projected body's box (no mask needed), the rest anywhere.
-    uv = project(fp.vertices, cam)
-    lo = np.clip(uv.min(0) - 15, 0, [cam.width - 1, cam.height - 1])
-    hi = np.clip(uv.max(0) + 15, 0, [cam.width - 1, cam.height - 1])
+    lo, hi = body_box(cam, fp.vertices)
     n_in = int(n_rays * cfg.person_ray_fraction)
     pin = rng.uniform(lo, hi + 1, size=(n_in, 2)).astype(int)
     pout = rng.uniform([0, 0], [cam.width, cam.height], size=(n_rays - n_in, 2)).astype(int)

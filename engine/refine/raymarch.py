@@ -130,6 +130,15 @@ def render_rays(avatar: Avatar, deformer: Deformer, fp: FramePose, origins: torc
     return RaysOut(rgb, opacity, depth, body_dist, xc[near_surface], pts.reshape(-1, 3)[near_surface])
 
 
+def body_box(camera, vertices: np.ndarray, margin: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
+    """Image box (x, y) of the projected body grown by `margin` pixels, clipped to the image."""
+    from engine.geometry.camera import project
+
+    uv = project(vertices, camera)
+    top = [camera.width - 1, camera.height - 1]
+    return np.clip(uv.min(0) - margin, 0, top), np.clip(uv.max(0) + margin, 0, top)
+
+
 def pixel_rays(camera, pix: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Rays through pixel centres: pix [R, 2] (x, y) → origins, unit dirs [R, 3] (world)."""
     p = np.concatenate([pix + 0.5, np.ones((len(pix), 1))], 1)

@@ -20,7 +20,7 @@ from engine.refine.avatar import Avatar
 from engine.refine.checkpoint import checkpoint_path, load_checkpoint
 from engine.refine.config import RefineConfig
 from engine.refine.deformer import Deformer, FramePose
-from engine.refine.raymarch import pixel_rays, render_rays
+from engine.refine.raymarch import body_box, pixel_rays, render_rays
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,7 @@ class Session:
         cam = self.cameras[i]
         image = torch.as_tensor(self.project.frame(i), device=self.device)
         mask = torch.as_tensor(self.project.mask(i), device=self.device).float()
-        uv = project(fp0.vertices, cam)
-        lo = np.clip(uv.min(0) - 15, 0, [cam.width - 1, cam.height - 1])
-        hi = np.clip(uv.max(0) + 15, 0, [cam.width - 1, cam.height - 1])
+        lo, hi = body_box(cam, fp0.vertices)
         g = np.random.default_rng(i)
         frozen = [p for p in av.parameters() if p.requires_grad]
         for p in frozen:
