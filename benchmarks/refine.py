@@ -28,33 +28,60 @@ from engine.synth.scene import synth_job
 log = logging.getLogger("benchmarks.refine")
 
 
-def fit_and_score(scene: Path, work: Path, preset: str, minutes: float, device: str, frames: tuple[int, ...]) -> dict:
-    proj = work / f"{preset}_{minutes:g}min"
-    if proj.exists():
-        shutil.rmtree(proj)
-    shutil.copytree(scene / "project", proj)
+def _copy_project(scene: Path, dst: Path) -> Path:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(scene / "project", dst)
     # The ground truth sits beside the copy, where project.json's relative path expects it.
-    meta = Project.open(proj).meta
+    meta = Project.open(dst).meta
     meta["ground_truth"] = str((scene / "ground_truth").resolve())
-    (proj / "project.json").write_text(json.dumps(meta))
-    rays, n = 0.0, 0
-    curve = []
-    t0 = time.perf_counter()
-    for ev in fit_job(proj, load_preset(preset), FitBudget(minutes=minutes, preview_every=0, checkpoint_every=10**9),
-                      device=device):
-        if isinstance(ev, Losses):
-            rays += ev.rays_per_s
-            n += 1
-            if ev.step % 50 == 0:
-                curve.append((round(time.perf_counter() - t0, 1), ev.step, round(ev.values["psnr_batch"], 2)))
-    fit_s = time.perf_counter() - t0
+    (dst / "project.json").write_text(json.dumps(meta))
+    return dst
+
+
+def _score(proj: Path, preset: str, minutes: float, fit_s: float, rays_per_s: float, frames, curve) -> dict:
     report = run_job(evaluate_job(proj, EvalConfig(mesh_resolution=128, mesh_samples=50_000, frames=frames)))
     row = {"preset": preset, "minutes": minutes, "iterations": report["step"], "fit_seconds": round(fit_s, 1),
-           "rays_per_s": round(rays / max(n, 1)), **{k: round(v, 4) for k, v in report["metrics"].items()},
+           "rays_per_s": round(rays_per_s), **{k: round(v, 4) for k, v in report["metrics"].items()},
            "train_curve": curve}
     log.info("%s %g min: %d it, m_psnr %.2f, chamfer %.2f cm", preset, minutes, row["iterations"],
              row.get("m_psnr", float("nan")), row.get("chamfer_cm", float("nan")))
     return row
+
+
+def fit_and_score(scene: Path, work: Path, preset: str, budgets: list[float], device: str,
+                  frames: tuple[int, ...], snapshots: bool) -> list[dict]:
+    """One fresh fit per budget; with `snapshots`, one fit for the largest budget whose checkpoint is
+    also copied and scored when each smaller budget's time is reached (cheaper for the slow preset;
+    its learning rate has then decayed less than a run of that length would have)."""
+    runs = [max(budgets)] if snapshots else budgets
+    rows = []
+    for minutes in runs:
+        proj = _copy_project(scene, work / f"{preset}_{minutes:g}min")
+        marks = sorted(m for m in budgets if m < minutes) if snapshots else []
+        taken: list[tuple[float, Path, float, float]] = []
+        rays, n, curve = 0.0, 0, []
+        t0 = time.perf_counter()
+        budget = FitBudget(minutes=minutes, preview_every=0, checkpoint_every=1 if marks else 10**9)
+        for ev in fit_job(proj, load_preset(preset), budget, device=device):
+            if isinstance(ev, Losses):
+                rays += ev.rays_per_s
+                n += 1
+                if ev.step % 50 == 0:
+                    curve.append((round(time.perf_counter() - t0, 1), ev.step, round(ev.values["psnr_batch"], 2)))
+                elapsed = time.perf_counter() - t0
+                if marks and elapsed >= 60 * marks[0]:
+                    m = marks.pop(0)  # the checkpoint of this step was just written (checkpoint_every=1)
+                    snap = work / f"{preset}_{m:g}min_snapshot"
+                    if snap.exists():
+                        shutil.rmtree(snap)
+                    shutil.copytree(proj, snap)
+                    taken.append((m, snap, elapsed, rays / n))
+        fit_s = time.perf_counter() - t0
+        for m, snap, el, rps in taken:
+            rows.append(_score(snap, preset, m, el, rps, frames, [c for c in curve if c[0] <= el]))
+        rows.append(_score(proj, preset, minutes, fit_s, rays / max(n, 1), frames, curve))
+    return rows
 
 
 def time_to_quality(rows: list[dict]) -> dict:
@@ -77,7 +104,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budgets", type=float, nargs="+", default=[2, 5, 10], help="minutes per run")
     ap.add_argument("--presets", nargs="+", default=["fast", "vid2avatar"])
-    ap.add_argument("--v2a-budgets", type=int, default=99, help="run vid2avatar only for the first N budgets")
+    ap.add_argument("--separate-v2a", action="store_true",
+                    help="one vid2avatar fit per budget (default: one run for the largest, scored at each budget)")
     ap.add_argument("--work", default="out/bench_refine", help="scratch folder")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None)
@@ -92,10 +120,10 @@ def main() -> None:
     baseline = run_job(evaluate_job(scene / "project", EvalConfig(method="body_only", frames=frames)))["metrics"]
     rows = []
     for p in args.presets:
-        for m in args.budgets if p == "fast" else args.budgets[: args.v2a_budgets]:
-            rows.append(fit_and_score(scene, work, p, m, args.device, frames))
-            if args.json:  # partial results survive an interruption
-                Path(args.json).write_text(json.dumps({"runs": rows}, indent=2))
+        rows += fit_and_score(scene, work, p, args.budgets, args.device, frames,
+                              snapshots=p == "vid2avatar" and not args.separate_v2a)
+        if args.json:  # partial results survive an interruption
+            Path(args.json).write_text(json.dumps({"runs": rows}, indent=2))
     cols = ["preset", "minutes", "iterations", "rays_per_s", "m_psnr", "m_ssim", "chamfer_cm", "normal_consistency",
             "fscore_1cm"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -48,6 +48,12 @@ class RefineConfig:
     """Learning rate of the fields."""
     lr_pose: float = 2e-3
     """Learning rate of the per-frame pose and translation refinement (0 freezes the body)."""
+    pose_start: float = 0.3
+    """Fraction of the run after which the body is refined (earlier, photometric gradients would bend
+    poses to fit a still-wrong shape)."""
+    w_pose_smooth: float = 0.0
+    """Weight of the temporal smoothness of refined poses (each training frame against the interpolation
+    of its neighbours)."""
     beta_init: float = 0.02
     """Initial Laplace scale of the density (metres)."""
     beta_end: float = 0.0

@@ -23,6 +23,16 @@ class FramePose:
     tree: cKDTree
 
 
+LOOKUP_VOXEL = 0.015  # metres
+
+
+def _voxel_subset(vertices: np.ndarray, voxel: float) -> np.ndarray:
+    """Indices of one vertex per occupied voxel (the first in index order), sorted."""
+    keys = np.floor(vertices / voxel).astype(np.int64)
+    _, first = np.unique(keys, axis=0, return_index=True)
+    return np.sort(first)
+
+
 class Deformer:
     """Holds the body model, its shape and star-pose transforms, and the base per-frame params."""
 
@@ -36,29 +46,40 @@ class Deformer:
         self.weights = body.skin_weights.to(device)
         self.canonical_vertices = body.canonical_vertices(params.shape)  # [V, 3]
         self.pose_bones = sorted(set(body.semantic_bones.values()))
+        # Nearest-vertex lookups (the costliest part of a step) use one vertex per 1.5 cm voxel of the
+        # canonical body: skinning weights vary smoothly, and Anny's 13.7k vertices crowd the face and hands.
+        self.semantic_pose = params.pose[:, self.pose_bones].to(device)  # [N, B, 3] stored poses
+        self.lookup = _voxel_subset(self.canonical_vertices.numpy(), LOOKUP_VOXEL)
+        self.lookup_weights = self.weights[torch.as_tensor(self.lookup, device=device)]
 
-    def frame(self, i: int, pose_delta: torch.Tensor | None = None, transl_delta: torch.Tensor | None = None) -> FramePose:
-        """Body of frame i with refinements (deltas on the semantic bones and the translation)."""
-        pose = self.params.pose[i].clone()
-        transl = self.params.transl[i].clone()
+    def base(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stored pose [J, 3], global orientation [3] and translation [3] of frame i."""
+        return self.params.pose[i], self.params.global_orient[i], self.params.transl[i]
+
+    def frame(self, i: int, pose_delta: torch.Tensor | None = None, transl_delta: torch.Tensor | None = None,
+              base: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> FramePose:
+        """Body of frame i with refinements (deltas on the semantic bones and the translation) on top of
+        `base` (pose, orientation, translation; default: the stored body of frame i)."""
+        pose, orient, transl = base if base is not None else self.base(i)
+        pose, transl = pose.clone(), transl.clone()
         if pose_delta is not None:
             pose = pose.index_add(0, torch.tensor(self.pose_bones), pose_delta.cpu())
             transl = transl + transl_delta.cpu()
-        p = BodyParams(self.shape, pose[None], self.params.global_orient[i : i + 1], transl[None])
+        p = BodyParams(self.shape, pose[None], orient[None], transl[None])
         tf = self.body.bone_transforms(p)[0]
         with torch.no_grad():
             from engine.geometry.lbs import lbs
 
             verts = lbs(self.rest, self.body.skin_weights, tf).numpy()
-        return FramePose(i, tf.to(self.device), verts, cKDTree(verts))
+        return FramePose(i, tf.to(self.device), verts, cKDTree(verts[self.lookup]))
 
     def to_canonical(self, x: torch.Tensor, fp: FramePose) -> tuple[torch.Tensor, torch.Tensor]:
         """World points [P, 3] → canonical points [P, 3] and distance to the body [P]."""
         # Non-finite points (a diverged step) are sent far away: empty space, and the loss says the rest.
         q = np.nan_to_num(x.detach().cpu().numpy(), nan=1e6, posinf=1e6, neginf=-1e6)
-        d, idx = fp.tree.query(q, k=1)
+        d, idx = fp.tree.query(q, k=1, workers=-1)
         idx_t = torch.as_tensor(idx, device=self.device)
-        xc = warp(x, self.weights[idx_t], fp.transforms, self.star_tf)
+        xc = warp(x, self.lookup_weights[idx_t], fp.transforms, self.star_tf)
         return xc, torch.as_tensor(d, dtype=x.dtype, device=self.device)
 
     def to_posed(self, xc: torch.Tensor, fp: FramePose) -> torch.Tensor:

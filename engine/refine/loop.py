@@ -160,9 +160,9 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
             for g, lr in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr * (0.1**p)
             if opt.body is not None:
-                # The body is only refined once the fields explain the frames roughly (after 30% of
-                # the run, at a constant rate); earlier, photometric gradients would push poses to fit a wrong shape.
-                opt.body.param_groups[0]["lr"] = base_lrs[-1] * min(1.0, max(0.0, (p - 0.3) / 0.2))
+                # The body is only refined once the fields explain the frames roughly (cfg.pose_start),
+                # at a constant rate; earlier, photometric gradients would push poses to fit a wrong shape.
+                opt.body.param_groups[0]["lr"] = base_lrs[-1] * min(1.0, max(0.0, (p - cfg.pose_start) / 0.2))
             if cfg.sdf == "hash" and cfg.coarse_to_fine > 0:
                 L = cfg.hash_levels
                 av.sdf.grid.set_active_levels(min(L, 4 + int((L - 4) * p / cfg.coarse_to_fine)))
@@ -268,6 +268,14 @@ def _step(session: Session, opt, train, images, masks, n_rays, fine, p, gen, rng
         # Weak prior: refinements stay small unless the pixels insist.
         d_pose, d_tr = av.frame_deltas(f)
         losses["pose_prior"] = 0.1 * ((d_pose**2).sum() + (d_tr**2).sum())
+        k = train.index(f)
+        if cfg.w_pose_smooth > 0 and 0 < k < len(train) - 1:
+            # Motion is smooth, per-frame fitting errors are not: pull each pose toward its neighbours'.
+            a, b = train[k - 1], train[k + 1]
+            w = (f - a) / (b - a)
+            full = session.deformer.semantic_pose
+            target = (1 - w) * (full[a] + av.frame_deltas(a)[0]) + w * (full[b] + av.frame_deltas(b)[0])
+            losses["pose_smooth"] = cfg.w_pose_smooth * ((full[f] + d_pose - target) ** 2).sum()
     total = sum(losses.values())
     opt.zero_grad(set_to_none=True)
     if not torch.isfinite(total):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,40 +59,39 @@ class Session:
     device: torch.device
     step: int = 0
     checkpoint: dict | None = None
-    test_time_fitted: set = field(default_factory=set)
 
-    def fit_frame_pose(self, i: int, steps: int = 40, rays: int = 1024, lr: float = 1e-3) -> None:
-        """Test-time fit of one frame's body (pose and translation refinement only; the avatar is
-        frozen), from that frame's pixels. Used to score held-out frames whose stored body is noisy:
-        the avatar itself never sees them."""
-        import torch.nn.functional as F
-
+    def fit_frame_pose(self, i: int, steps: int = 40, rays: int = 1024, lr: float = 5e-3) -> None:
+        """Test-time fit of one held-out frame's body (pose and translation refinement on top of the
+        trajectory of its refined neighbours; the avatar is frozen), from that frame's pixels. Used to
+        score held-out frames, which the avatar never saw."""
         cfg, av = self.cfg, self.avatar
-        fp0 = self.frame_pose(i)  # neighbours' mean as the start
-        with torch.no_grad():
-            d_pose, d_tr = (t.clone() for t in self._neighbour_deltas(i))
-        d_pose.requires_grad_(True)
-        d_tr.requires_grad_(True)
+        base = self.base_params(i)
+        d_pose = torch.zeros(len(self.deformer.pose_bones), 3, requires_grad=True)
+        d_tr = torch.zeros(3, requires_grad=True)
         opt = torch.optim.Adam([d_pose, d_tr], lr=lr)
         cam = self.cameras[i]
         image = torch.as_tensor(self.project.frame(i), device=self.device)
         mask = torch.as_tensor(self.project.mask(i), device=self.device).float()
-        lo, hi = body_box(cam, fp0.vertices)
+        lo, hi = body_box(cam, self.deformer.frame(i, base=base).vertices)
         g = np.random.default_rng(i)
         frozen = [p for p in av.parameters() if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
         try:
-            for _ in range(steps):
+            for s in range(steps):
+                for grp in opt.param_groups:
+                    grp["lr"] = lr * 0.1 ** (s / steps)
                 pix = g.uniform(lo, hi + 1, size=(rays, 2)).astype(int).clip(0, [cam.width - 1, cam.height - 1])
                 o, d = pixel_rays(cam, pix, self.device)
-                fp = self.deformer.frame(i, d_pose, self._in_image_plane(i, d_tr))
+                fp = self.deformer.frame(i, d_pose, self._in_image_plane(i, d_tr), base=base)
                 out = render_rays(av, self.deformer, fp, o, d, cfg.coarse_samples, cfg.fine_samples, cfg.sampler,
                                   cfg.shell)
                 pt = torch.as_tensor(pix, device=self.device)
                 pred = out.rgb + (1 - out.opacity[:, None]) * av.background_at(pt)
-                loss = (pred - image[pt[:, 1], pt[:, 0]]).abs().mean() + 0.5 * F.binary_cross_entropy(
-                    out.opacity.clamp(1e-4, 1 - 1e-4), mask[pt[:, 1], pt[:, 0]])
+                op = out.opacity.clamp(1e-4, 1 - 1e-4)
+                gm = mask[pt[:, 1], pt[:, 0]]
+                loss = ((pred - image[pt[:, 1], pt[:, 0]]).abs().mean()
+                        - 0.5 * (gm * op.log() + (1 - gm) * (1 - op).log()).mean())
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -100,30 +99,39 @@ class Session:
             for p in frozen:
                 p.requires_grad_(True)
         with torch.no_grad():
-            av.pose_delta.weight[i] = d_pose.detach().reshape(-1)
-            av.transl_delta.weight[i] = d_tr.detach()
-        self.test_time_fitted.add(i)
-
-    def _neighbour_deltas(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        train = self.project.train_frames
-        lo = max((f for f in train if f < i), default=None)
-        hi = min((f for f in train if f > i), default=None)
-        nb = [f for f in (lo, hi) if f is not None] or [i]
-        with torch.no_grad():
-            pd = torch.stack([self.avatar.frame_deltas(f)[0] for f in nb]).mean(0)
-            td = torch.stack([self.avatar.frame_deltas(f)[1] for f in nb]).mean(0)
-        return pd, td
+            av.pose_delta.weight[i] = d_pose.detach().reshape(-1).to(self.device)
+            av.transl_delta.weight[i] = d_tr.detach().to(self.device)
 
     # ---- per-frame body ---------------------------------------------------------------------
-    def frame_pose(self, i: int) -> FramePose:
-        """The refined body of frame i; held-out frames borrow the mean refinement of their neighbours
-        unless `fit_frame_pose` fitted their own."""
+    def refined_params(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pose [J, 3], orientation [3] and translation [3] of training frame i with its refinements
+        (no gradients)."""
+        with torch.no_grad():
+            pose, orient, transl = self.deformer.base(i)
+            d_pose, d_tr = (t.cpu() for t in self.avatar.frame_deltas(i))
+            pose = pose.index_add(0, torch.tensor(self.deformer.pose_bones), d_pose)
+            return pose, orient, transl + self._in_image_plane(i, d_tr)
+
+    def base_params(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What a frame's refinements apply to. Training frames: their stored body. Held-out frames:
+        the linear interpolation of their nearest refined training neighbours (a better start than
+        their own stored pose, whose error the training frames' refinements have already removed)."""
         train = self.project.train_frames
-        if i in train or not train or i in self.test_time_fitted:
-            d_pose, d_tr = self.avatar.frame_deltas(i)
-        else:
-            d_pose, d_tr = self._neighbour_deltas(i)
-        return self.deformer.frame(i, d_pose, self._in_image_plane(i, d_tr))
+        if not train or i in train:
+            return self.deformer.base(i)
+        lo = max((f for f in train if f < i), default=None)
+        hi = min((f for f in train if f > i), default=None)
+        if lo is None or hi is None:
+            return self.refined_params(hi if lo is None else lo)
+        w = (i - lo) / (hi - lo)
+        a, b = self.refined_params(lo), self.refined_params(hi)
+        return tuple((1 - w) * x + w * y for x, y in zip(a, b))  # small angles: axis-angles blend linearly
+
+    def frame_pose(self, i: int) -> FramePose:
+        """The refined body of frame i (held-out frames: their neighbours' trajectory, plus their own
+        test-time refinement once `fit_frame_pose` ran)."""
+        d_pose, d_tr = self.avatar.frame_deltas(i)
+        return self.deformer.frame(i, d_pose, self._in_image_plane(i, d_tr), base=self.base_params(i))
 
     def _in_image_plane(self, i: int, d_tr: torch.Tensor) -> torch.Tensor:
         """Drops the part of a translation refinement along the camera's axis: moving toward the
