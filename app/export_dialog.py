@@ -1,0 +1,173 @@
+"""The export dialog: what mesh to write (the same `ExportConfig` the CLI's `export` builds)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PySide6.QtCore import QTimer, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPushButton,
+    QSpinBox,
+)
+
+from engine.refine.export import ExportConfig
+
+WHAT = ("canonical", "current frame", "whole sequence")
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """Arguments of one `export_job` call."""
+
+    out: str
+    config: ExportConfig
+    sequence: bool = False
+    fmt: str = "obj"
+    overwrite: bool = False
+
+
+class ExportDialog(QDialog):
+    """Asks for format, pose, resolution, face budget and up axis; shows the triangle count first."""
+
+    count_requested = Signal(int, object)  # resolution, face budget (None: all)
+
+    def __init__(self, frame: int, num_frames: int, default_dir: str, parent=None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Export mesh")
+        self.frame = frame
+        f = QFormLayout(self)
+        self.fmt = QComboBox()
+        self.fmt.addItems(["obj", "ply"])
+        self.fmt.setToolTip("OBJ (with vertex colours as extra values) or PLY (binary, with vertex colours)")
+        f.addRow("Format", self.fmt)
+        self.what = QComboBox()
+        self.what.addItems(WHAT)
+        self.what.setItemText(1, f"current frame ({frame})")
+        self.what.setToolTip("Canonical star pose, posed into the current frame, or every frame into a folder")
+        f.addRow("Pose", self.what)
+        row = QHBoxLayout()
+        self.out = QLineEdit(str(Path(default_dir) / "avatar.obj"))
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        row.addWidget(self.out)
+        row.addWidget(browse)
+        f.addRow("Save to", row)
+        docs = _export_docs()
+        self.resolution = QSpinBox()
+        self.resolution.setRange(16, 1024)
+        self.resolution.setValue(256)
+        self.resolution.setToolTip(docs.get("resolution", ""))
+        f.addRow("Resolution", self.resolution)
+        row = QHBoxLayout()
+        self.limit = QCheckBox("at most")
+        self.faces = QSpinBox()
+        self.faces.setRange(100, 10_000_000)
+        self.faces.setValue(50_000)
+        self.faces.setSingleStep(1000)
+        self.faces.setEnabled(False)
+        self.faces.setToolTip(docs.get("faces", ""))
+        self.limit.toggled.connect(self.faces.setEnabled)
+        row.addWidget(self.limit)
+        row.addWidget(self.faces)
+        row.addWidget(QLabel("triangles"))
+        f.addRow("Face budget", row)
+        self.up = QComboBox()
+        self.up.addItem("Y up (Blender, most tools)", "y")
+        self.up.addItem("Z up", "z")
+        self.up.setToolTip(docs.get("up", ""))
+        f.addRow("Up axis", self.up)
+        self.count = QLabel("counting triangles…")
+        f.addRow("Triangles", self.count)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self._accept)
+        buttons.rejected.connect(self.reject)
+        f.addRow(buttons)
+        self.overwrite = False
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(300)
+        self._debounce.timeout.connect(lambda: self.count_requested.emit(self.resolution.value(), self._faces()))
+        for sig in (self.resolution.valueChanged, self.faces.valueChanged, self.limit.toggled):
+            sig.connect(lambda *_: self._schedule_count())
+        self.fmt.currentTextChanged.connect(self._fix_suffix)
+        self.what.currentIndexChanged.connect(lambda _: self._fix_suffix(self.fmt.currentText()))
+
+    def showEvent(self, e) -> None:  # noqa: N802 - Qt override
+        super().showEvent(e)
+        self._schedule_count()
+
+    def _schedule_count(self) -> None:
+        self.count.setText("counting triangles…")
+        self._debounce.start()
+
+    def _faces(self) -> int | None:
+        return self.faces.value() if self.limit.isChecked() else None
+
+    def show_count(self, resolution: int, faces, n: int) -> None:
+        if resolution == self.resolution.value() and faces == self._faces():
+            self.count.setText(f"{n:,} per mesh")
+
+    def _sequence(self) -> bool:
+        return self.what.currentIndex() == 2
+
+    def _fix_suffix(self, fmt: str) -> None:
+        p = Path(self.out.text())
+        if self._sequence():
+            self.out.setText(str(p.with_suffix("")) if p.suffix.lower() in (".obj", ".ply") else str(p))
+        else:
+            self.out.setText(str(p.with_suffix("." + fmt) if p.suffix else p.with_name(p.name + "." + fmt)))
+
+    def _browse(self) -> None:
+        if self._sequence():
+            d = QFileDialog.getExistingDirectory(self, "Folder for the sequence", self.out.text())
+            if d:
+                self.out.setText(d)
+            return
+        fmt = self.fmt.currentText()
+        p, _ = QFileDialog.getSaveFileName(self, "Export mesh", self.out.text(), f"{fmt.upper()} mesh (*.{fmt})")
+        if p:
+            self.out.setText(p)
+            self.overwrite = True  # the file dialog already asked about replacing it
+
+    def _accept(self) -> None:
+        p = Path(self.out.text()).expanduser()
+        exists = (p.is_dir() and any(p.iterdir())) if self._sequence() else p.exists()
+        if exists and not self.overwrite:
+            r = QMessageBox.question(self, "Replace?", f"{p} already exists. Replace it?")
+            if r != QMessageBox.StandardButton.Yes:
+                return
+            self.overwrite = True
+        self.accept()
+
+    def request(self) -> ExportRequest:
+        cfg = ExportConfig(resolution=self.resolution.value(), faces=self._faces(),
+                           frame=self.frame if self.what.currentIndex() == 1 else None, up=self.up.currentData())
+        return ExportRequest(str(Path(self.out.text()).expanduser()), cfg, self._sequence(), self.fmt.currentText(),
+                             self.overwrite)
+
+
+def _export_docs() -> dict[str, str]:
+    """ExportConfig field docs for tooltips (the same text as the CLI help)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(ExportConfig))
+    docs, last = {}, None
+    for node in tree.body[0].body:
+        if isinstance(node, ast.AnnAssign):
+            last = node.target.id
+        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and last:
+            docs[last] = str(node.value.value)
+            last = None
+    return docs

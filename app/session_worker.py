@@ -1,0 +1,145 @@
+"""A thread holding an engine `Session` of the open project, for on-demand views.
+
+Posing a mesh into a frame, rendering a frame and counting the triangles of an export are engine
+calls on a session (`posed_mesh`, `Session.render_frame`, `canonical_mesh`); they take from a tenth of
+a second to seconds, so they run here, one at a time, newest request of each kind first (a slider
+dragged over 20 frames asks for 20 poses; only the last one still matters).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from dataclasses import dataclass
+
+from PySide6.QtCore import QThread, Signal
+
+from app.jobs import LIVE_RUNNERS, frozen
+from engine.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MeshArrays:
+    """An immutable mesh for the views: read-only numpy arrays."""
+
+    vertices: object  # [V, 3] float32
+    faces: object  # [F, 3] int
+    colors: object | None  # [V, 3] float32 in [0, 1]
+    step: int = 0
+
+    @property
+    def num_faces(self) -> int:
+        return len(self.faces)
+
+    @staticmethod
+    def of(mesh, step: int = 0) -> MeshArrays:
+        return MeshArrays(frozen(mesh.vertices), frozen(mesh.faces), frozen(mesh.colors), step)
+
+
+class SessionWorker(QThread):
+    """Owns one `Session` (opened from the project's checkpoint) and serves view requests."""
+
+    opened = Signal(object)  # {"step", "num_frames"}
+    unavailable = Signal(str)  # why no session (e.g. no checkpoint yet)
+    posed = Signal(int, int, object)  # frame, mesh token, MeshArrays
+    rendered = Signal(int, int, object)  # frame, step, {"rgb", "normals", "opacity"} read-only arrays
+    canonical = Signal(int, object)  # resolution, MeshArrays
+    counted = Signal(int, object, int)  # resolution, face budget, triangles after export
+    failed = Signal(str, str)
+
+    ORDER = ("open", "pose", "canonical", "count", "render")  # what is served first
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.setObjectName("session-worker")
+        self._cond = threading.Condition()
+        self._pending: dict[str, tuple] = {}
+        self._stop = False
+        self._session = None
+        self._meshes: dict[int, object] = {}  # export resolution → canonical Mesh (for counts)
+        LIVE_RUNNERS.add(self)
+
+    # ---- GUI thread -------------------------------------------------------------------------
+    def request(self, kind: str, *args) -> None:
+        with self._cond:
+            if kind == "open":  # a new session: everything queued was for the old one
+                self._pending.clear()
+            self._pending[kind] = args
+            self._cond.notify()
+
+    def stop(self, timeout_ms: int = 60_000) -> bool:
+        with self._cond:
+            self._stop = True
+            self._pending.clear()
+            self._cond.notify()
+        return self.wait(timeout_ms)
+
+    @property
+    def has_session(self) -> bool:
+        return self._session is not None
+
+    # ---- worker thread ----------------------------------------------------------------------
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    self._session = None
+                    return
+                kind = next(k for k in self.ORDER if k in self._pending)
+                args = self._pending.pop(kind)
+            try:
+                getattr(self, f"_do_{kind}")(*args)
+            except UserError as e:
+                self.failed.emit(str(e), "")
+            except Exception as e:  # noqa: BLE001 - reported, the worker keeps serving
+                log.exception("view request %s failed", kind)
+                self.failed.emit(f"{e.__class__.__name__}: {e}", traceback.format_exc())
+
+    def _do_open(self, project_dir: str, device: str, body_model_dir: str | None) -> None:
+        from engine.refine.checkpoint import checkpoint_path
+        from engine.refine.session import open_session
+
+        self._session, self._meshes = None, {}
+        if not checkpoint_path(project_dir).exists():
+            self.unavailable.emit("no fitted avatar yet")
+            return
+        s = open_session(project_dir, None, device, body_model_dir, require_checkpoint=True)
+        self._session = s
+        self.opened.emit({"step": s.step, "num_frames": s.project.num_frames})
+
+    def _do_pose(self, frame: int, token: int, mesh: MeshArrays) -> None:
+        from engine.mesh import Mesh
+        from engine.refine.export import posed_mesh
+
+        if self._session is None:
+            return
+        # Writable copies: the engine hands vertices to torch, which warns on read-only arrays.
+        m = Mesh(mesh.vertices.copy(), mesh.faces.copy(), None if mesh.colors is None else mesh.colors.copy())
+        self.posed.emit(frame, token, MeshArrays.of(posed_mesh(self._session, m, frame), mesh.step))
+
+    def _do_render(self, frame: int) -> None:
+        if self._session is None:
+            return
+        r = self._session.render_frame(frame)
+        out = {"rgb": frozen(r["rgb"]), "normals": frozen(0.5 + 0.5 * r["normals"]), "opacity": frozen(r["opacity"])}
+        self.rendered.emit(frame, self._session.step, out)
+
+    def _do_canonical(self, resolution: int) -> None:
+        if self._session is None:
+            return
+        self.canonical.emit(resolution, MeshArrays.of(self._session.canonical_mesh(resolution), self._session.step))
+
+    def _do_count(self, resolution: int, faces: int | None) -> None:
+        from engine.mesh import count_faces_after
+        from engine.refine.export import ExportConfig, canonical_mesh
+
+        if self._session is None:
+            return
+        if resolution not in self._meshes:
+            self._meshes = {resolution: canonical_mesh(self._session, ExportConfig(resolution=resolution))}
+        self.counted.emit(resolution, faces, count_faces_after(self._meshes[resolution], faces))

@@ -1,0 +1,150 @@
+"""The 3D panel: the latest avatar mesh (canonical or posed at the current frame) in an OpenGL view.
+
+Meshes arrive Y-up (the engine's convention); pyqtgraph's view is Z-up, so they are shown rotated
+(x, y, z) → (x, -z, y), which keeps the person upright and facing the default camera.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph.opengl as gl
+from pyqtgraph.opengl import shaders
+from PySide6.QtCore import QTimer, Signal
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
+
+# pyqtgraph's "shaded" program lights from behind the viewer's back (light (1, -1, -1) in eye space),
+# which leaves a front-facing person dark; this one is a headlight slightly above and to the right.
+HEADLIGHT = shaders.ShaderProgram("avatar_headlight", [
+    shaders.VertexShader("""
+        uniform mat4 u_mvp;
+        uniform mat3 u_normal;
+        attribute vec4 a_position;
+        attribute vec3 a_normal;
+        attribute vec4 a_color;
+        varying vec4 v_color;
+        varying vec3 v_normal;
+        void main() {
+            v_normal = normalize(u_normal * a_normal);
+            v_color = a_color;
+            gl_Position = u_mvp * a_position;
+        }
+    """),
+    shaders.FragmentShader("""
+        #ifdef GL_ES
+        precision mediump float;
+        #endif
+        varying vec4 v_color;
+        varying vec3 v_normal;
+        void main() {
+            float p = max(dot(normalize(v_normal), normalize(vec3(0.3, 0.4, 1.0))), 0.0);
+            gl_FragColor = vec4(v_color.rgb * (0.35 + 0.75 * p), v_color.a);
+        }
+    """),
+])
+SHADINGS = {"colours": HEADLIGHT, "normals": "normalColor", "flat colours": None}
+
+
+def to_view(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, np.float32)
+    return np.stack([v[:, 0], -v[:, 2], v[:, 1]], axis=1)
+
+
+class MeshView(QWidget):
+    """GLViewWidget + GLMeshItem with mode (canonical/posed), shading, reset view and turntable."""
+
+    mode_changed = Signal(str)
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        self.mode = QComboBox()
+        self.mode.addItems(["posed", "canonical"])
+        self.mode.setToolTip("Canonical (star) pose, or posed into the current frame")
+        self.shading = QComboBox()
+        self.shading.addItems(list(SHADINGS))
+        self.shading.setToolTip("Vertex colours of the colour field (lit), normals as colours, or unlit colours")
+        self.reset_button = QPushButton("Reset view")
+        self.turn_button = QPushButton("Turntable")
+        self.turn_button.setCheckable(True)
+        self.turn_button.setToolTip("Rotate the view around the avatar")
+        self.info = QLabel("no mesh yet")
+        self.info.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # never widens the window
+        for w in (self.mode, self.shading, self.reset_button, self.turn_button):
+            row.addWidget(w)
+        row.addWidget(self.info, 1)
+        lay.addLayout(row)
+        self.view = gl.GLViewWidget()
+        self.view.setBackgroundColor((40, 40, 46))
+        self.view.setToolTip("Drag: orbit · wheel: zoom · middle-drag or Ctrl+drag: pan")
+        self.view.setMinimumSize(200, 200)
+        lay.addWidget(self.view, 1)
+        grid = gl.GLGridItem()
+        grid.setSize(4, 4)
+        grid.setSpacing(0.25, 0.25)
+        grid.setColor((255, 255, 255, 40))
+        self.grid = grid
+        self.view.addItem(grid)
+        self.item: gl.GLMeshItem | None = None
+        self.mesh = None  # what is shown (MeshArrays, in engine coordinates)
+        self._center = np.zeros(3)
+        self._size = 2.0
+        self._framed = False
+        self.turn_timer = QTimer(self)
+        self.turn_timer.setInterval(33)
+        self.turn_timer.timeout.connect(lambda: self.view.orbit(2.0, 0))
+        self.turn_button.toggled.connect(lambda on: (self.turn_timer.start if on else self.turn_timer.stop)())
+        self.reset_button.clicked.connect(self.reset_view)
+        self.shading.currentTextChanged.connect(lambda _: self._redraw())
+        self.mode.currentTextChanged.connect(self.mode_changed)
+        self.reset_view()
+
+    @property
+    def num_faces(self) -> int:
+        return 0 if self.mesh is None else len(self.mesh.faces)
+
+    def set_mesh(self, mesh, label: str = "") -> None:
+        """Shows a mesh (anything with vertices [V, 3], faces [F, 3], colors [V, 3] or None)."""
+        self.mesh = mesh
+        v = to_view(mesh.vertices)
+        if not self._framed and len(v):
+            # Frame the first mesh; later ones (a new step, another frame) keep the user's camera.
+            self._center = 0.5 * (v.min(0) + v.max(0))
+            self._size = float(np.max(v.max(0) - v.min(0)))
+            self._framed = True
+            self.reset_view()
+        self._redraw()
+        self.info.setText(f"{label}  {len(mesh.faces):,} triangles".strip())
+
+    def clear(self) -> None:
+        if self.item is not None:
+            self.view.removeItem(self.item)
+        self.item, self.mesh, self._framed = None, None, False
+        self.info.setText("no mesh yet")
+
+    def _redraw(self) -> None:
+        if self.mesh is None:
+            return
+        m = self.mesh
+        shader = SHADINGS[self.shading.currentText()]
+        colors = m.colors if m.colors is not None else np.full((len(m.vertices), 3), 0.8, np.float32)
+        rgba = np.concatenate([np.asarray(colors, np.float32), np.ones((len(colors), 1), np.float32)], axis=1)
+        md = gl.MeshData(vertexes=to_view(m.vertices), faces=np.asarray(m.faces, np.int32), vertexColors=rgba)
+        if self.item is not None:
+            self.view.removeItem(self.item)
+        self.item = gl.GLMeshItem(meshdata=md, smooth=True, shader=shader, glOptions="opaque")
+        self.view.addItem(self.item)
+        self.grid.resetTransform()
+        self.grid.translate(self._center[0], self._center[1], float(to_view(m.vertices)[:, 2].min()))
+
+    def reset_view(self) -> None:
+        from pyqtgraph import Vector
+
+        self.view.setCameraPosition(pos=Vector(*self._center), distance=1.8 * self._size + 0.5, elevation=8,
+                                    azimuth=-90)
+
+    def grab_array(self, width: int = 640, height: int = 640) -> np.ndarray:
+        """The view rendered offscreen at this size: [H, W, 3] uint8 (same camera as on screen)."""
+        a = self.view.renderToArray((width, height))  # [H, W, 4] BGRA, top row first
+        return np.ascontiguousarray(a[..., [2, 1, 0]])
