@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.body import create_body_model
+from engine.evaluation import EvalConfig
 from engine.geometry.camera import Camera, look_at
 from engine.project import Project
 from engine.project.atomic import write_image
@@ -51,7 +52,7 @@ def avatar_figure(project: Path, out: Path, frame: int | None = None) -> None:
     s = open_session(project)
     gt = GroundTruth.load(s.project.ground_truth_dir)
     i = frame if frame is not None else s.project.held_out[0]
-    s.fit_frame_pose(i, steps=25, rays=512)
+    s.fit_frame_pose(i, steps=EvalConfig.test_time_pose_steps, rays=512)  # as `eval` does
     r = s.render_frame(i)
     cam = s.cameras[i]
     white = np.ones((cam.height, cam.width, 3), np.float32)

@@ -48,7 +48,7 @@ class EvalConfig:
     """What to score: auto (the avatar if fitted, else the body-only baseline), avatar or body_only."""
     mesh_resolution: int = 128
     """Marching-cubes resolution of the avatar mesh that is scored."""
-    test_time_pose_steps: int = 25
+    test_time_pose_steps: int = 40
     """Held-out frames: steps of pose-only fitting to the frame (avatar frozen) before scoring; 0 disables."""
 
 
