@@ -72,6 +72,28 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from engine.preprocess.job import (
+        OVERLAY_SHEET,
+        OVERLAY_VIDEO,
+        REPORT_FILE,
+        PreprocessConfig,
+        preprocess_job,
+    )
+
+    cfg = PreprocessConfig(start=args.start, end=args.end, max_frames=args.max_frames, size=args.size,
+                           focal=args.focal, body=args.body, body_model_dir=args.body_model_dir, device=args.device,
+                           overwrite=args.overwrite)
+    r = drive(preprocess_job(args.video, args.project, cfg, cancel=args.cancel), args.quiet)
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in r["seconds"].items() if k != "total")
+    log.info("project: %s (%d frames; %.0f s: %s)", r["project"], r["frames"], r["seconds"]["total"], stages)
+    log.info("fit quality: keypoint error %s px, body/mask IoU %s (per frame in %s); look at %s and %s",
+             r["keypoint_error_px"], r["mask_iou"], REPORT_FILE, OVERLAY_SHEET, OVERLAY_VIDEO)
+    if r["warnings"]:
+        log.warning("%d warning(s); they are kept in %s", len(r["warnings"]), REPORT_FILE)
+    return 0
+
+
 def _write_json(path: str, obj) -> None:
     from engine.project.atomic import write_json
 
@@ -181,6 +203,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fps", type=_nonneg_float, default=25.0, help="video frame rate (default 25)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.set_defaults(func=_cmd_synth)
+
+    pp = sub.add_parser("preprocess", help="turn a video of one person into a project (frames, masks, keypoints, body)",
+                        description="Pick frames from a video (or a folder of images) of one person, find the person "
+                        "(mask + 2D keypoints, mediapipe), fit a body model (shared shape, per-frame pose) for a static "
+                        "camera, and write a project folder that `fit` accepts, plus overlay.mp4 / overlay_sheet.png "
+                        "(the fitted body over the frames) and preprocess_report.json (per-frame fit quality).",
+                        epilog="Example: main.py preprocess clip.mov myproject --max-frames 150 --size 540")
+    pp.add_argument("video", metavar="VIDEO", help="video file (mp4, mov, avi, mkv, webm, ...) or a folder of images")
+    pp.add_argument("project", metavar="PROJECT_DIR", help="project folder to create (must not exist unless --overwrite)")
+    pp.add_argument("--start", type=_nonneg_float, default=0.0, metavar="S", help="first second to use (default 0)")
+    pp.add_argument("--end", type=_nonneg_float, metavar="S", help="second where the used part ends (default: the end)")
+    pp.add_argument("--max-frames", type=_positive_int, default=150, metavar="N",
+                    help="frames to take, spread evenly (default 150)")
+    pp.add_argument("--size", type=_positive_int, default=540, metavar="PX",
+                    help="long side of the working resolution (default 540; never upscaled)")
+    pp.add_argument("--focal", type=_nonneg_float, metavar="PX",
+                    help="focal length in pixels of the full-size video (default max(width, height))")
+    pp.add_argument("--body", choices=("anny", "smpl", "smplx"), default="anny",
+                    help="body model (default anny; smpl/smplx need --body-model-dir)")
+    pp.add_argument("--body-model-dir", metavar="DIR", help="folder with SMPL_NEUTRAL.pkl / SMPLX_NEUTRAL.npz")
+    pp.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="body-fit device (default cpu)")
+    pp.add_argument("--overwrite", action="store_true",
+                    help="replace an existing project folder (only once the new one is complete)")
+    pp.set_defaults(func=_cmd_preprocess)
 
     e = sub.add_parser("eval", help="score a project on its held-out frames",
                        description="Evaluate what the project holds (the body-only baseline until an avatar "
