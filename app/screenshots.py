@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     w.timeline.set_frame(args.frame)
     w._render_frame(args.frame)
     _wait(app, lambda: args.frame in w.frames.renders and w.posed_frame == args.frame
-          and w.shown_token == w.mesh_token, 600)
+          and w.shown_token == w.mesh_token and w.losses.held_steps[-1:] == [w.step], 600)
     for _ in range(20):
         app.processEvents()
         time.sleep(0.05)

@@ -3,13 +3,15 @@
 Posing a mesh into a frame, rendering a frame and counting the triangles of an export are engine
 calls on a session (`posed_mesh`, `Session.render_frame`, `canonical_mesh`); they take from a tenth of
 a second to seconds, so they run here, one at a time, newest request of each kind first (a slider
-dragged over 20 frames asks for 20 poses; only the last one still matters).
+dragged over 20 frames asks for 20 poses; only the last one still matters). Scoring the held-out frames
+while a run trains loads each newer checkpoint into the session first, so it comes last.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -48,9 +50,10 @@ class SessionWorker(QThread):
     rendered = Signal(int, int, object)  # frame, step, {"rgb", "normals", "opacity"} read-only arrays
     canonical = Signal(int, object)  # resolution, MeshArrays
     counted = Signal(int, object, int)  # resolution, face budget, triangles after export
+    scored = Signal(int, object, float)  # checkpoint step, {"psnr", "m_psnr"} over held-out frames, seconds taken
     failed = Signal(str, str)
 
-    ORDER = ("open", "pose", "canonical", "count", "render")  # what is served first
+    ORDER = ("open", "pose", "canonical", "count", "render", "score")  # what is served first
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -60,6 +63,8 @@ class SessionWorker(QThread):
         self._stop = False
         self._session = None
         self._meshes: dict[int, object] = {}  # export resolution → canonical Mesh (for counts)
+        self._open_args: tuple = ()
+        self._scored: tuple = ()  # (project, step) scored last: a re-opened session is not scored twice
         LIVE_RUNNERS.add(self)
 
     # ---- GUI thread -------------------------------------------------------------------------
@@ -104,7 +109,7 @@ class SessionWorker(QThread):
         from engine.refine.checkpoint import checkpoint_path
         from engine.refine.session import open_session
 
-        self._session, self._meshes = None, {}
+        self._session, self._meshes, self._open_args = None, {}, (project_dir, device, body_model_dir)
         if not checkpoint_path(project_dir).exists():
             self.unavailable.emit("no fitted avatar yet")
             return
@@ -143,3 +148,25 @@ class SessionWorker(QThread):
         if resolution not in self._meshes:
             self._meshes = {resolution: canonical_mesh(self._session, ExportConfig(resolution=resolution))}
         self.counted.emit(resolution, faces, count_faces_after(self._meshes[resolution], faces))
+
+    def _do_score(self, frames: list[int]) -> None:
+        from engine.evaluation import live_scores
+        from engine.refine.session import open_session
+
+        if self._session is None or not frames:
+            return
+        t0 = time.perf_counter()
+        try:
+            if self._session.reload_checkpoint():
+                self._meshes = {}
+        except UserError:  # a run with another configuration wrote it (start over): a new session
+            root, device, body_model_dir = self._open_args
+            self._session = open_session(root, None, device, body_model_dir, require_checkpoint=True)
+            self._meshes = {}
+        s = self._session
+        key = (str(s.project.root), s.step)
+        if key == self._scored:
+            return
+        scores = live_scores(s, frames)
+        self._scored = key
+        self.scored.emit(s.step, scores, time.perf_counter() - t0)

@@ -87,6 +87,13 @@ class MainWindow(QMainWindow):
         self.mesh_every = 50
         self.mesh_resolution = 96
         self.checkpoint_every = 50
+        # Held-out PSNR while training: at most every this many steps (at a preview, when the checkpoint of
+        # that step exists), and see _score_held_out for the time cap.
+        self.heldout_every = 100
+        self.heldout_frames: list[int] = []
+        self._heldout_next = 0
+        self._heldout_t = -1e9
+        self._heldout_cost = 0.0  # s the last scoring took
 
         self.setWindowTitle("Avatar Studio")
         self.setAcceptDrops(True)
@@ -99,6 +106,7 @@ class MainWindow(QMainWindow):
         self.session_worker.rendered.connect(lambda f, s, imgs: self.frames.add_render(f, s, imgs))
         self.session_worker.canonical.connect(lambda res, m: self.set_canonical(m))
         self.session_worker.counted.connect(self._counted)
+        self.session_worker.scored.connect(self._held_out_scored)
         self.session_worker.failed.connect(lambda msg, det: self.show_error("View", msg, det))
         self.session_worker.start()
         self._status_timer = QTimer(self)
@@ -287,7 +295,11 @@ class MainWindow(QMainWindow):
         self.controls.project_label.setToolTip(str(project.root))
         self.frames.set_project(project)
         self.timeline.set_frames(project.num_frames, float(m.get("fps", 10.0)))
+        from engine.evaluation import live_frames
+
         self.losses.clear()
+        self.heldout_frames = live_frames(project)
+        self.losses.set_held_out_frames(self.heldout_frames, self.heldout_every)
         self.mesh_view.clear()
         self.canonical, self.posed_frame, self.step = None, None, 0
         self.mesh_token += 1
@@ -315,6 +327,7 @@ class MainWindow(QMainWindow):
             self.session_worker.request("canonical", self.mesh_resolution)
         else:
             self._show_mesh()
+        self._score_held_out()
 
     # ---- new project from a video -------------------------------------------------------------
     def new_project_from_video(self, video: str | Path | None = None, target: str | Path | None = None) -> bool:
@@ -493,8 +506,7 @@ class MainWindow(QMainWindow):
         r = JobRunner("refine", lambda tok: fit_job(root, cfg, budget, device, body_dir, tok), self)
         r.losses.connect(self._losses)
         r.progress.connect(self._progress)
-        r.preview.connect(lambda ev: self.frames.add_render(ev.frame, ev.step, {
-            "rgb": ev.rgb, "normals": ev.normals, "opacity": ev.opacity}))
+        r.preview.connect(self._preview)
         r.mesh.connect(self._mesh_ready)
         r.message.connect(self._job_log)
         r.failed.connect(lambda msg, det, user: self.show_error("Refinement stopped", msg + (
@@ -503,6 +515,7 @@ class MainWindow(QMainWindow):
         self.fit_runner, self._pausing, self._budget = r, False, budget
         self._rate.clear()
         self._run_t0 = time.monotonic()
+        self._heldout_next = self.step + self.heldout_every
         if not resuming:
             self.losses.clear()
         c.resume_note.setText("")
@@ -563,6 +576,28 @@ class MainWindow(QMainWindow):
             etas.append(60 * b.minutes - (now - self._run_t0))
         self.st_eta.setText(f"ETA {_fmt_time(max(0.0, min(etas)))}" if etas else "ETA –")
         self.controls.stage.setText(f"refining: step {self.step}" + (f" of {b.iters}" if b and b.iters else ""))
+
+    def _preview(self, ev) -> None:
+        self.frames.add_render(ev.frame, ev.step, {"rgb": ev.rgb, "normals": ev.normals, "opacity": ev.opacity})
+        self._score_held_out(ev.step)  # the fit loop writes a due checkpoint before its preview
+
+    def _score_held_out(self, step: int | None = None) -> None:
+        """Asks the session worker to score the held-out frames on the newest checkpoint. During a run
+        (`step` given) at most every `heldout_every` steps, and keeping the worker busy at most a tenth of
+        the time: on a 2-core machine it shares a core with the window while training has the other."""
+        if not self.heldout_frames or not self.session_worker.has_session:
+            return
+        if step is not None:
+            if step < self._heldout_next or time.monotonic() - self._heldout_t < 9 * self._heldout_cost:
+                return
+            self._heldout_next = step + self.heldout_every
+        self._heldout_t = time.monotonic()
+        self.session_worker.request("score", self.heldout_frames)
+
+    def _held_out_scored(self, step: int, scores: dict, seconds: float) -> None:
+        self._heldout_cost = seconds
+        self.losses.add_held_out(step, scores)
+        log.debug("held-out frames %s at step %d: %s (%.2f s)", self.heldout_frames, step, scores, seconds)
 
     def _mesh_ready(self, ev) -> None:
         self.set_canonical(MeshArrays(ev.vertices, ev.faces, ev.colors, ev.step))

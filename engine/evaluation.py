@@ -24,7 +24,7 @@ from engine.jobs.events import CancelToken, Done, Event, Progress
 from engine.metrics import iou, m_psnr, m_ssim, mesh_metrics, mpvpe_cm, psnr, ssim
 from engine.project import Project
 from engine.refine.checkpoint import checkpoint_path
-from engine.refine.session import median_background, open_session
+from engine.refine.session import Session, median_background, open_session
 from engine.render.raycast import render_mesh
 from engine.synth.ground_truth import GroundTruth
 
@@ -102,6 +102,30 @@ def evaluate_job(project_dir: str | Path, config: EvalConfig = EvalConfig(),
         "seconds": round(time.perf_counter() - t0, 2),
     }
     yield Done(report)
+
+
+def live_frames(project: Project, n: int = 2) -> list[int]:
+    """Up to n of the project's held-out frames, spread over the video: what a live curve scores."""
+    held = project.held_out
+    if len(held) <= n:
+        return held
+    if n == 1:
+        return [held[len(held) // 2]]
+    return [held[round(k * (len(held) - 1) / (n - 1))] for k in range(n)]
+
+
+def live_scores(session: Session, frames: list[int]) -> dict[str, float]:
+    """Mean PSNR and masked PSNR (the person's pixels only) of the avatar's renders of `frames` as it stands.
+
+    Cheap enough to follow training: no test-time pose fit, so a held-out frame's body is the
+    interpolation of its refined neighbours (`Session.base_params`); `eval` fits it and scores more.
+    """
+    rows = []
+    for i in frames:
+        rgb = session.render_frame(i)["rgb"]
+        image, mask = session.project.frame(i), session.project.mask(i)
+        rows.append({"psnr": psnr(rgb, image), **({"m_psnr": m_psnr(rgb, image, mask)} if mask.any() else {})})
+    return {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "m_psnr") if rows and all(k in r for r in rows)}
 
 
 def _image_row(i: int, rgb: np.ndarray, pred_mask: np.ndarray, image: np.ndarray, mask: np.ndarray) -> dict:

@@ -1,18 +1,21 @@
-"""Loss curves (total and each term) and the training batch PSNR, live (pyqtgraph)."""
+"""Loss curves (total and each term), the training batch PSNR and the held-out PSNR, live (pyqtgraph)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 NOT_LOSSES = {"beta", "psnr_batch"}  # values of a Losses event that are not loss terms
+HELD_OUT_KEYS = {"psnr": "held-out frames", "m_psnr": "held-out, person only"}
 COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324", "#808000",
           "#000075", "#469990"]
 
 
 class LossPlot(QWidget):
-    """One curve per loss term (total drawn thicker), log-scale toggle, PSNR of the batch below."""
+    """One curve per loss term (total drawn thicker), log-scale toggle; below, the PSNR of each training
+    batch and, every so often, of full renders of held-out frames."""
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -34,9 +37,10 @@ class LossPlot(QWidget):
         self.plot.showGrid(x=True, y=True, alpha=0.2)
         self.psnr_plot = pg.PlotWidget(background="w")
         self.psnr_plot.setLabel("left", "PSNR dB")
-        self.psnr_plot.setToolTip("PSNR of the training batch (the rays of one step)")
+        self.psnr_plot.addLegend(offset=(-10, 2), labelTextSize="7pt", colCount=3)  # one row: the plot is short
+        self.set_held_out_frames([], 0)
         self.psnr_plot.setXLink(self.plot)
-        self.psnr_plot.setMaximumHeight(140)
+        self.psnr_plot.setMaximumHeight(170)
         self.psnr_plot.showGrid(x=True, y=True, alpha=0.2)
         lay.addWidget(self.plot, 3)
         lay.addWidget(self.psnr_plot, 1)
@@ -50,7 +54,14 @@ class LossPlot(QWidget):
         self.steps: list[int] = []
         self.data: dict[str, list[float]] = {}
         self.curves: dict[str, pg.PlotDataItem] = {}
-        self.psnr_curve = self.psnr_plot.plot(pen=pg.mkPen("#333", width=1.5))
+        self.psnr_curve = self.psnr_plot.plot(name="training batch", pen=pg.mkPen("#333", width=1.5))
+        self.held_steps: list[int] = []
+        self.held: dict[str, list[float]] = {k: [] for k in HELD_OUT_KEYS}
+        self.held_curves = {
+            k: self.psnr_plot.plot(name=name, pen=pg.mkPen(c, width=2, style=style), symbol=sym, symbolSize=7,
+                                   symbolBrush=c, symbolPen=c)
+            for (k, name), c, style, sym in zip(HELD_OUT_KEYS.items(), ("#d62728", "#1f77b4"),
+                                                (Qt.PenStyle.SolidLine, Qt.PenStyle.DashLine), ("o", "t"))}
         self.summary.setText("No steps yet.")
 
     @property
@@ -68,6 +79,7 @@ class LossPlot(QWidget):
                 self.steps = self.steps[:keep]
                 for k in self.data:
                     self.data[k] = self.data[k][:keep]
+                self._drop_held_out_from(ev.step)
             n = len(self.steps)
             self.steps.append(ev.step)
             for k, v in ev.values.items():
@@ -89,6 +101,46 @@ class LossPlot(QWidget):
             self.curves[k].setData(x, y, connect="finite")
         if "psnr_batch" in self.data:
             self.psnr_curve.setData(x, np.asarray(self.data["psnr_batch"], float), connect="finite")
-        last = events[-1].values
-        self.summary.setText(f"step {events[-1].step}   total {last.get('total', float('nan')):.4f}   "
-                             f"batch PSNR {last.get('psnr_batch', float('nan')):.1f} dB")
+        self._summarise()
+
+    def set_held_out_frames(self, frames: list[int], every: int) -> None:
+        """Names the held-out frames that are scored (and how often) in the PSNR plot's tooltip."""
+        which = f"frame{'s' if len(frames) > 1 else ''} {', '.join(map(str, frames))}" if frames else "none"
+        self.psnr_plot.setToolTip(
+            "<b>training batch</b>: PSNR of the rays of one step, on the frames the avatar learns from.<br>"
+            f"<b>held-out</b>: PSNR of full renders of held-out frames ({which}) the avatar never trains on, "
+            f"from the latest checkpoint{f', about every {every} steps' if every else ''}; <i>person only</i> "
+            "counts the person's pixels (masked PSNR).<br>A held-out frame's body is interpolated from its refined "
+            "neighbours (no test-time pose fit, unlike <tt>eval</tt>): a live trend, not the final score.")
+
+    def add_held_out(self, step: int, scores: dict) -> None:
+        """One held-out point (a point at a step already plotted replaces it)."""
+        self._drop_held_out_from(step)
+        self.held_steps.append(step)
+        for k, series in self.held.items():
+            series.append(float(scores.get(k, float("nan"))))
+        x = np.asarray(self.held_steps, float)
+        for k, curve in self.held_curves.items():
+            curve.setData(x, np.asarray(self.held[k], float), connect="finite")
+        self._summarise()
+
+    @property
+    def num_held_out(self) -> int:
+        return len(self.held_steps)
+
+    def _drop_held_out_from(self, step: int) -> None:
+        keep = int(np.searchsorted(self.held_steps, step))
+        self.held_steps = self.held_steps[:keep]
+        for k in self.held:
+            self.held[k] = self.held[k][:keep]
+
+    def _summarise(self) -> None:
+        text = []
+        if self.steps:
+            last = {k: v[-1] for k, v in self.data.items()}
+            text.append(f"step {self.steps[-1]}   total {last.get('total', float('nan')):.4f}   "
+                        f"batch PSNR {last.get('psnr_batch', float('nan')):.1f} dB")
+        if self.held_steps:
+            text.append(f"held-out PSNR {self.held['psnr'][-1]:.1f} dB (person {self.held['m_psnr'][-1]:.1f} dB) "
+                        f"at step {self.held_steps[-1]}")
+        self.summary.setText("   ·   ".join(text) or "No steps yet.")

@@ -73,6 +73,12 @@ _HINGE_SIDEWAYS = 0.2  # radians of sideways bending a hinge tolerates
 # The standing pose the fit starts from and the pose prior pulls towards: upper arms hanging this
 # far out from vertical in the frontal plane (the models' rest poses hold them out at 45-90°).
 _ARM_DEGREES = 30.0
+# An upper arm starts along its keypoints (`init_arms`) where they show it raised at least this far from
+# hanging in the image, this much more than the standing pose shows, and not much shorter than its full
+# length (a foreshortened arm points at the camera: its image direction says little).
+_RAISED_DEGREES = 60.0
+_RAISED_MARGIN_DEGREES = 30.0
+_ARM_MIN_LENGTH = 0.3
 
 # Keypoint pairs whose 3D distance barely changes with pose or facing (for the depth guess).
 _DEPTH_PAIRS = (
@@ -99,6 +105,13 @@ class BodyFitConfig:
     """Adam learning rate (radians per step for rotations; the other parameters are scaled from it)."""
     robust_sigma: float = 10.0
     """Geman-McClure scale of the keypoint and silhouette residuals (cm at the person's depth)."""
+    gnc_sigma_scale: float = 10.0
+    """Graduated non-convexity: the keypoint term's robust scale starts this many times robust_sigma and
+    shrinks to it over the pose fit, so that a limb starting far from its keypoints (a raised arm) is still
+    pulled in before the loss turns robust (1: robust from the start)."""
+    init_arms: bool = True
+    """Start each upper arm whose keypoints show it clearly raised along them (in the plane parallel to the
+    image) instead of hanging: Adam turns a bone at most ~lr per step, too little to raise an arm."""
     min_confidence: float = 0.1
     """Keypoints with a lower confidence are ignored."""
     w_keypoints: float = 1.0
@@ -109,6 +122,9 @@ class BodyFitConfig:
     """Weight of mask outline points far from the projected body (keeps the body filling the mask)."""
     w_pose_prior: float = 2.0
     """Weight of the L2 prior on the bone rotations (pulls towards a relaxed standing pose)."""
+    w_pose_prior_shoulders: float = 0.5
+    """Weight of that prior on the shoulders instead: arms range widely, and a strong pull towards hanging
+    arms outweighs the bounded robust keypoint term of a raised one."""
     w_joint_limits: float = 100.0
     """Weight of the joint limits (knees and elbows bend one way; no bone turns too far)."""
     w_smooth_pose: float = 20.0
@@ -161,6 +177,14 @@ class BodyFitConfig:
             and self.robust_sigma > 0
         ):
             raise UserError(f"body fit: robust_sigma must be > 0 cm (got {self.robust_sigma!r}).")
+        if not (
+            isinstance(self.gnc_sigma_scale, int | float)
+            and math.isfinite(self.gnc_sigma_scale)
+            and self.gnc_sigma_scale >= 1
+        ):
+            raise UserError(f"body fit: gnc_sigma_scale must be >= 1 (got {self.gnc_sigma_scale!r}).")
+        if not isinstance(self.init_arms, bool):
+            raise UserError(f"body fit: init_arms must be true or false (got {self.init_arms!r}).")
         if not (isinstance(self.min_confidence, int | float) and 0 <= self.min_confidence < 1):
             raise UserError(f"body fit: min_confidence must be in [0, 1) (got {self.min_confidence!r}).")
         if self.w_keypoints <= 0:
@@ -330,6 +354,10 @@ class _Fit:
         self.bone_names = names
         self.bone_idx = torch.tensor([body.semantic_bones[k] for k in names])  # CPU, like the body model
         self.max_angle = torch.tensor([_MAX_ANGLE.get(k, 1.0) for k in names], **f32)
+        shoulder = [k.endswith("_shoulder") for k in names]
+        self.prior_w = torch.tensor(
+            [cfg.w_pose_prior_shoulders if s else cfg.w_pose_prior for s in shoulder], **f32
+        )
 
         # Shape parametrisation: shape = default + std * z, prior on z.
         self.shape0 = body.default_shape().float().to(dev)
@@ -497,6 +525,51 @@ class _Fit:
         kps = pts[:, : self.num_kp]
         return kps, (pts[:, self.num_kp :] if with_silhouette else None)
 
+    def start_pose(self, R: torch.Tensor) -> torch.Tensor:
+        """[N, B, 3] start of the pose fit: the standing pose, with each upper arm that the keypoints show
+        clearly raised turned along its shoulder→elbow keypoint direction, in the plane through the
+        shoulder parallel to the image (the depth is left to the fit). R: [N, 3, 3] body orientations."""
+        theta = self.theta0.expand(self.n, -1, -1).clone()
+        if not self.cfg.init_arms:
+            return theta
+        M = self.Rc @ R  # [N, 3, 3] body frame → camera frame
+        for side in ("left", "right"):
+            if f"{side}_shoulder" not in self.bone_names:
+                continue
+            b = self.bone_names.index(f"{side}_shoulder")
+            s, e = _KP[f"{side}_shoulder"], _KP[f"{side}_elbow"]
+            d_rest = self.rest_kp0[e] - self.rest_kp0[s]
+            full_px = 100.0 * d_rest.norm() / self.px_to_cm  # [N] image length when parallel to the image
+            d_rest = d_rest / d_rest.norm()
+            seg = self.uv[:, e] - self.uv[:, s]  # [N, 2]
+            seg_len = seg.norm(dim=-1)
+            obs = seg / seg_len.clamp_min(1e-6)[:, None]
+            stand = (M @ (axis_angle_to_matrix(self.theta0[b]) @ d_rest))[:, :2]
+            stand = stand / stand.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+            # Elevation: the angle from hanging straight down the image (image y points down).
+            elev = torch.rad2deg(torch.acos(obs[:, 1].clamp(-1.0, 1.0)))
+            elev_stand = torch.rad2deg(torch.acos(stand[:, 1].clamp(-1.0, 1.0)))
+            # Across the chest is left to the fit: in the image plane it would run through the body.
+            outward_or_up = (obs[:, 0] * stand[:, 0] > 0) | (elev >= 90.0)
+            raised = (
+                (self.conf[:, s] > 0)
+                & (self.conf[:, e] > 0)
+                & (seg_len > _ARM_MIN_LENGTH * full_px)
+                & (elev >= _RAISED_DEGREES)
+                & (elev >= elev_stand + _RAISED_MARGIN_DEGREES)
+                & outward_or_up
+            )
+            # The image direction as a camera-frame vector with no depth, into the body frame.
+            flat = torch.cat([obs, torch.zeros_like(obs[:, :1])], 1)
+            target = (M.transpose(1, 2) @ flat[..., None])[..., 0]
+            axis = torch.linalg.cross(d_rest.expand_as(target), target)
+            angle = torch.atan2(axis.norm(dim=-1), target @ d_rest)
+            ok = raised & (angle < self.max_angle[b])
+            theta[ok, b] = (axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-9) * angle[:, None])[ok]
+            if ok.any():
+                log.debug("body fit: %s upper arm starts raised in %d frames", side, int(ok.sum()))
+        return theta
+
     # ---- loss terms ---------------------------------------------------------------------------------
     def keypoint_term(self, pix: torch.Tensor, sigma: float) -> torch.Tensor:
         """[N] confidence-weighted robust reprojection (cm², averaged over the keypoint slots)."""
@@ -530,8 +603,8 @@ class _Fit:
         return outside, cover
 
     def prior_terms(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[N] L2 pose prior (rad²) and [N] joint-limit penalty (rad²)."""
-        prior = (theta - self.theta0).square().sum((1, 2))
+        """[N] weighted L2 pose prior (rad² x its per-bone weight) and [N] joint-limit penalty (rad²)."""
+        prior = ((theta - self.theta0).square().sum(2) * self.prior_w).sum(1)
         ang = theta.norm(dim=-1)  # [N, B]
         limits = torch.relu(ang - self.max_angle).square().sum(1)
         for b, axis, d in self.hinges:
@@ -570,6 +643,15 @@ class _Fit:
 
 
 # ---- stages -----------------------------------------------------------------------------------------
+
+
+def _gnc_sigma(cfg: BodyFitConfig, it: int, iters: int, refine: bool) -> float:
+    """Keypoint robust scale at iteration `it` of a stage: during the pose fit it shrinks geometrically
+    from gnc_sigma_scale x robust_sigma to robust_sigma over the first two thirds, then stays there."""
+    if refine:
+        return cfg.robust_sigma
+    frac = min(1.0, it / max(1.0, 2.0 * iters / 3.0))
+    return cfg.robust_sigma * cfg.gnc_sigma_scale ** (1.0 - frac)
 
 
 def _initialise(fit: _Fit, cancel: CancelToken) -> Iterator[Event | tuple[np.ndarray, np.ndarray]]:
@@ -653,11 +735,11 @@ def _optimise(
     + silhouette). Yields Progress events, finally (shape [S], theta [N, B, 3], R [N, 3, 3], transl [N, 3])."""
     cfg = fit.cfg
     dev = fit.dev
-    n, B = fit.n, len(fit.bone_names)
+    n = fit.n
     R_base = torch.as_tensor(R_init, dtype=torch.float32, device=dev)
     delta = torch.zeros(n, 3, device=dev, requires_grad=True)
     transl = torch.as_tensor(t_init, dtype=torch.float32, device=dev).clone().requires_grad_(True)
-    theta = fit.theta0.expand(n, B, 3).clone().requires_grad_(True)
+    theta = fit.start_pose(R_base).requires_grad_(True)
     z = torch.zeros(fit.body.shape_dim, device=dev, requires_grad=True)
     n_pose = max(1, cfg.iters // 3)
     stages = [("fit poses", n_pose, False), ("refine", cfg.iters - n_pose, True)]
@@ -678,13 +760,13 @@ def _optimise(
             R = R_base @ axis_angle_to_matrix(delta)
             kps, verts = fit.body_points(shape, theta, use_sil)
             kw = kps @ R.transpose(1, 2) + transl[:, None]
-            per_frame = cfg.w_keypoints * fit.keypoint_term(fit.project(kw), cfg.robust_sigma)
+            per_frame = cfg.w_keypoints * fit.keypoint_term(fit.project(kw), _gnc_sigma(cfg, it, iters, full))
             if use_sil:
                 vw = verts @ R.transpose(1, 2) + transl[:, None]
                 outside, cover = fit.silhouette_terms(fit.project(vw), find_nearest=it % _NEAREST_EVERY == 0)
                 per_frame = per_frame + cfg.w_silhouette * outside + cfg.w_coverage * cover
             prior, limits = fit.prior_terms(theta)
-            per_frame = per_frame + cfg.w_pose_prior * prior + cfg.w_joint_limits * limits
+            per_frame = per_frame + prior + cfg.w_joint_limits * limits
             smooth_pose, smooth_glob = fit.smooth_terms(theta, R, transl)
             loss = (per_frame.sum() + cfg.w_smooth_pose * smooth_pose + cfg.w_smooth_global * smooth_glob) / n
             if full:

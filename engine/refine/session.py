@@ -102,6 +102,22 @@ class Session:
             av.pose_delta.weight[i] = d_pose.detach().reshape(-1).to(self.device)
             av.transl_delta.weight[i] = d_tr.detach().to(self.device)
 
+    def reload_checkpoint(self) -> bool:
+        """Loads the project's checkpoint into this session when it is newer than the session (a run in
+        another thread writes it); returns whether the session changed. Raises `UserError` when the checkpoint
+        was made with another configuration (its fields would not fit: open a new session instead)."""
+        path = checkpoint_path(self.project.root)
+        if not path.exists():
+            return False
+        state = load_checkpoint(path, body_model=self.project.body_model, num_frames=self.project.num_frames)
+        if int(state["step"]) <= self.step:
+            return False
+        if RefineConfig.from_dict(state["config"]) != self.cfg:
+            raise UserError(f"{path} was made with another configuration; open the project again.")
+        self.avatar.load_state_dict(state["model"])
+        self.step, self.checkpoint = int(state["step"]), state
+        return True
+
     # ---- per-frame body ---------------------------------------------------------------------
     def refined_params(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pose [J, 3], orientation [3] and translation [3] of training frame i with its refinements
@@ -122,7 +138,13 @@ class Session:
         lo = max((f for f in train if f < i), default=None)
         hi = min((f for f in train if f > i), default=None)
         if lo is None or hi is None:
-            return self.refined_params(hi if lo is None else lo)
+            # At either end there is nothing to interpolate (and copying the neighbour would drop the
+            # motion in between): own stored body plus the neighbour's refinement.
+            pose, orient, transl = self.deformer.base(i)
+            nb = hi if lo is None else lo
+            n_pose, _, n_tr = self.refined_params(nb)
+            b_pose, _, b_tr = self.deformer.base(nb)
+            return pose + (n_pose - b_pose), orient, transl + (n_tr - b_tr)
         w = (i - lo) / (hi - lo)
         a, b = self.refined_params(lo), self.refined_params(hi)
         return tuple((1 - w) * x + w * y for x, y in zip(a, b))  # small angles: axis-angles blend linearly

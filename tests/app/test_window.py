@@ -16,10 +16,11 @@ from tests.app.conftest import wait_until
 def test_refine_scrub_pause_resume_export(window, qapp, tiny_project, tmp_path):
     w = window
     # Live views often enough to see them in a few steps (the app's defaults are every 50 steps).
-    w.preview_every = w.mesh_every = w.checkpoint_every = 4
+    w.preview_every = w.mesh_every = w.checkpoint_every = w.heldout_every = 4
     w.mesh_resolution = 64
     assert w.open_project(tiny_project)
     assert w.controls.state == "idle" and w.timeline.n == 8
+    assert w.heldout_frames == [4]
     assert w.frames.tiles["input"].image is not None
 
     w.controls.steps.setValue(8)
@@ -51,6 +52,15 @@ def test_refine_scrub_pause_resume_export(window, qapp, tiny_project, tmp_path):
     wait_until(qapp, lambda: w.canonical is not None and w.canonical.step == w.step and w.posed_frame == 0
                and w.shown_token == w.mesh_token, 120, "the newest mesh posed at frame 0")
     assert w.mesh_view.num_faces > 1000
+
+    # Held-out PSNR while it trains: the newest checkpoint is scored while the runs go and at their end.
+    wait_until(qapp, lambda: w.losses.num_held_out >= 2 and w.losses.held_steps[-1] == w.step, 60,
+               "held-out scores up to the last step")
+    assert w.losses.held_steps == sorted(set(w.losses.held_steps)) and w.losses.held_steps[0] < w.step
+    for k in ("psnr", "m_psnr"):
+        assert all(5 < v < 60 for v in w.losses.held[k]), (k, w.losses.held[k])
+    assert w.losses.held["m_psnr"][-1] < w.losses.held["psnr"][-1], "the person is harder than the background"
+    assert "held-out" in w.losses.summary.text() and "interpolated" in w.losses.psnr_plot.toolTip()
     v0 = np.array(w.mesh_view.mesh.vertices)
     w.timeline.set_frame(4)
     wait_until(qapp, lambda: w.posed_frame == 4, 60, "the mesh posed at frame 4")
