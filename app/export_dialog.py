@@ -159,15 +159,6 @@ class ExportDialog(QDialog):
 
 def _export_docs() -> dict[str, str]:
     """ExportConfig field docs for tooltips (the same text as the CLI help)."""
-    import ast
-    import inspect
+    from engine.refine.config import field_docs
 
-    tree = ast.parse(inspect.getsource(ExportConfig))
-    docs, last = {}, None
-    for node in tree.body[0].body:
-        if isinstance(node, ast.AnnAssign):
-            last = node.target.id
-        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and last:
-            docs[last] = str(node.value.value)
-            last = None
-    return docs
+    return field_docs(ExportConfig)

@@ -109,13 +109,12 @@ class RefineConfig:
         return RefineConfig(**{k: v for k, v in d.items() if k in known})
 
 
-def field_docs() -> dict[str, str]:
-    """Field name → one-line doc (for --help and GUI tooltips)."""
+def field_docs(cls: type | None = None) -> dict[str, str]:
+    """Field name → one-line doc of a config dataclass (default RefineConfig; for --help and GUI tooltips)."""
     import ast
     import inspect
 
-    src = inspect.getsource(RefineConfig)
-    tree = ast.parse(src)
+    tree = ast.parse(inspect.getsource(cls or RefineConfig))
     docs, last = {}, None
     for node in tree.body[0].body:
         if isinstance(node, ast.AnnAssign):
