@@ -72,6 +72,7 @@ class MainWindow(QMainWindow):
         self.last_error: str | None = None
         self.error_box: QMessageBox | None = None
         self.export_dialog: ExportDialog | None = None
+        self.overlay_dialog: QDialog | None = None
         self.canonical: MeshArrays | None = None
         self.mesh_token = 0
         self.posed_frame: int | None = None
@@ -376,12 +377,18 @@ class MainWindow(QMainWindow):
     def _preprocessed(self, result: dict) -> None:
         for w in result.get("warnings", []):
             log.warning("preprocess: %s", w)
+        secs = result.get("seconds", {})
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in secs.items() if k != "total")
+        log.info("preprocessed %d frames in %.1f s (%s); fitted body: keypoint error %.1f px, mask IoU %.2f",
+                 result.get("frames", 0), secs.get("total", 0.0), stages, result.get("keypoint_error_px", float("nan")),
+                 result.get("mask_iou", float("nan")))
         if self.open_project(result["project"]):
             self.show_overlay_sheet()
 
     def show_overlay_sheet(self) -> None:
         """The fitted body drawn over a few frames (written by preprocessing): judge the fit first."""
         from PySide6.QtGui import QPixmap
+        from PySide6.QtWidgets import QDialogButtonBox
 
         sheet = self.project.root / "overlay_sheet.png" if self.project else None
         if sheet is None or not sheet.exists():
@@ -389,12 +396,28 @@ class MainWindow(QMainWindow):
         dlg = QDialog(self)
         dlg.setWindowTitle("Body fit: check it before refining")
         lay = QVBoxLayout(dlg)
-        lbl = QLabel()
+        dlg.sheet = lbl = QLabel()
+        lbl.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        # As large as the sheet itself, within most of the screen (sizes in device-independent pixels; the
+        # picture is resampled to the screen's own pixels so that it stays sharp at any scale factor).
         pm = QPixmap(str(sheet))
-        lbl.setPixmap(pm.scaled(1100, 650, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation))
+        avail = (self.screen() or QApplication.primaryScreen()).availableGeometry()
+        fit = pm.size().scaled(int(avail.width() * 0.85), int(avail.height() * 0.7), Qt.AspectRatioMode.KeepAspectRatio)
+        if fit.width() > pm.width():
+            fit = pm.size()
+        dpr = self.devicePixelRatioF()
+        shown = pm.scaled(fit * dpr, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
+        shown.setDevicePixelRatio(dpr)
+        lbl.setPixmap(shown)
         lay.addWidget(lbl)
-        lay.addWidget(QLabel(f"The fitted body over some frames (the last ones are the worst fitted). "
-                             f"Full video: {self.project.root / 'overlay.mp4'}"))
+        note = QLabel(f"The fitted body over some frames (the last ones are the worst fitted). "
+                      f"Full video: {self.project.root / 'overlay.mp4'}")
+        note.setWordWrap(True)
+        note.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        lay.addWidget(note)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(dlg.reject)
+        lay.addWidget(buttons)
         dlg.open()
         self.overlay_dialog = dlg
 
