@@ -132,10 +132,52 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         args.iters = 1000
     budget = FitBudget(iters=args.iters, minutes=args.minutes, checkpoint_every=args.checkpoint_every,
                        preview_every=0)
-    result = drive(fit_job(args.project, cfg, budget, args.device, args.body_model_dir, cancel=args.cancel),
-                   args.quiet)
+    if args.mode != "refine" and args.prior is None:
+        raise UserError("--mode inference needs --prior DIR.")
+    prior = _prior_arg(args.prior)
+    result = drive(fit_job(args.project, cfg, budget, args.device, args.body_model_dir, cancel=args.cancel,
+                           prior=prior, prior_mode=args.mode), args.quiet)
     log.info("fitted to step %d (%.0f s this run); checkpoint in %s/checkpoints/", result["step"],
              result["seconds"], args.project)
+    return 0
+
+
+def _prior_arg(value: str | None) -> str | None:
+    """`--prior shipped` is the prior that comes with the app (resources/prior)."""
+    from engine.prior.store import SHIPPED_PRIOR
+
+    return str(SHIPPED_PRIOR) if value == "shipped" else value
+
+
+def _cmd_prior_train(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from engine.prior.train import PriorConfig, prior_train_job
+
+    def stop(signum, frame):  # torchrun stops the other processes with SIGTERM when one fails
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank:
+        logging.getLogger().handlers[0].setFormatter(logging.Formatter(f"[rank {rank}] %(message)s"))
+    cfg = PriorConfig(rounds=args.rounds, visit_steps=args.visit_steps, visit_seconds=args.visit_seconds or 0.0,
+                      eval_every=args.eval_every, preset=args.preset, seed=args.seed)
+    r = drive(prior_train_job(args.projects, args.out, cfg, device=args.device, body_model_dir=args.body_model_dir,
+                              restart=args.restart, cancel=args.cancel), args.quiet or rank > 0)
+    if rank == 0:
+        log.info("prior: %s/prior.pt (%d steps in %.0f s on %d process(es), %.2f steps/s per process)",
+                 r["prior"], r["steps"], r["seconds"], r["world"], r["steps_per_s"])
+    return 0
+
+
+def _cmd_prior_synth(args: argparse.Namespace) -> int:
+    from engine.prior.dataset import SynthSetConfig, synth_set_job
+
+    cfg = SynthSetConfig(scenes=args.scenes, frames=args.frames, size=args.size, first_seed=args.first_seed)
+    r = drive(synth_set_job(cfg, args.out_dir, overwrite=args.overwrite, cancel=args.cancel), args.quiet)
+    log.info("%d projects:\n  %s", len(r["projects"]), "\n  ".join(r["projects"]))
     return 0
 
 
@@ -255,7 +297,45 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, help="random seed")
     f.add_argument("--checkpoint-every", type=_positive_int, default=50, help="steps between checkpoints (default 50)")
     f.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
+    f.add_argument("--prior", metavar="PRIOR_DIR",
+                   help="start a new fit from a prior made by `prior train` (`shipped`: the one in resources/prior)")
+    f.add_argument("--mode", choices=("refine", "inference"), default="refine",
+                   help="with --prior: refine everything (default), or inference: keep the prior's human fields "
+                   "fixed and fit only background, density and body")
     f.set_defaults(func=_cmd_fit)
+
+    pr = sub.add_parser("prior", help="learn across videos: train a prior of the human fields",
+                        description="A prior is the canonical human fields (SDF residual and colour) trained over many "
+                        "videos; `fit --prior` starts new videos from it.")
+    prs = pr.add_subparsers(dest="prior_command", metavar="SUBCOMMAND", required=True)
+    t = prs.add_parser("train", help="train (or resume) a prior over projects",
+                       description="Visits the projects in rounds with equal budgets; shared human fields, per-video "
+                       "background, density and pose refinements. Run it again to resume after a stop. Under torchrun "
+                       "each process trains different videos and the shared weights are averaged after every visit.",
+                       epilog="Two processes on one machine: torchrun --standalone --nproc-per-node 2 main.py prior "
+                       "train A B C D --out PRIOR (see README for several machines).")
+    t.add_argument("projects", metavar="PROJECT_DIR", nargs="+", help="preprocessed or synthetic projects")
+    t.add_argument("--out", required=True, metavar="PRIOR_DIR", help="where the prior and its training state go")
+    t.add_argument("--rounds", type=_positive_int, default=20, help="rounds over all videos (default 20)")
+    t.add_argument("--visit-steps", type=_positive_int, default=100, help="steps per visit of a video (default 100)")
+    t.add_argument("--visit-seconds", type=_nonneg_float, help="seconds per visit instead of steps")
+    t.add_argument("--eval-every", type=int, default=1, help="rounds between held-out scores (default 1; 0: never)")
+    t.add_argument("--preset", choices=("fast", "vid2avatar"), default="fast", help="fields and losses (default fast)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute device (default cpu)")
+    t.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
+    t.add_argument("--restart", action="store_true", help="discard the saved training state in PRIOR_DIR and start over")
+    t.set_defaults(func=_cmd_prior_train)
+    sy = prs.add_parser("synth", help="generate a varied set of synthetic training projects",
+                        description="Scenes with different body shapes, garments (shirt, dress, none), motions (turn, "
+                        "walk), colours and backgrounds; scene k uses seed FIRST_SEED + k.")
+    sy.add_argument("out_dir", metavar="OUT_DIR")
+    sy.add_argument("--scenes", type=_positive_int, default=6, help="number of scenes (default 6)")
+    sy.add_argument("--frames", type=_positive_int, default=30, help="frames per scene (default 30)")
+    sy.add_argument("--size", type=_positive_int, default=256, help="long side in pixels (default 256)")
+    sy.add_argument("--first-seed", type=int, default=100, help="seed of the first scene (default 100)")
+    sy.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    sy.set_defaults(func=_cmd_prior_synth)
 
     x = sub.add_parser("export", help="write the fitted avatar as a mesh (OBJ/PLY)",
                        description="Marching cubes of the canonical SDF (largest component), vertex colours from "

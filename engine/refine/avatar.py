@@ -97,6 +97,11 @@ class Avatar(nn.Module):
         self.num_pose_bones = num_pose_bones
         # Upper bound on β set by the fit loop's annealing schedule; a buffer so checkpoints keep it.
         self.register_buffer("beta_cap", torch.tensor(float("inf")))
+        if cfg.freeze_shared:
+            from engine.prior.store import shared_parameters
+
+            for p in shared_parameters(self).values():
+                p.requires_grad_(False)
 
     def frame_deltas(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Pose [B, 3] and translation [3] refinements of frame i (differentiable, sparse grads)."""

@@ -84,6 +84,9 @@ class RefineConfig:
     """Fraction of the steps over which hash levels are unlocked (0: all from the start)."""
     seed: int = 0
     """Random seed."""
+    freeze_shared: bool = False
+    """Keep the human fields (SDF and colour) fixed: only the background, density scale and body are fitted
+    (`fit --prior DIR --mode inference`)."""
 
     def validate(self) -> None:
         if self.sdf not in ("hash", "mlp"):

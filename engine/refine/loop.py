@@ -111,12 +111,32 @@ def _state(session: Session, opt: torch.optim.Optimizer, elapsed: float) -> dict
     }
 
 
+def apply_schedule(session: Session, opt: Optimizers, base_lrs: list[float], p: float) -> None:
+    """Sets what changes over a run at schedule position p in [0, 1]: learning rates, the start of body
+    refinement, the unlocked hash levels and the density-scale cap."""
+    cfg, av = session.cfg, session.avatar
+    for g, lr in zip(opt.param_groups, base_lrs):
+        g["lr"] = lr * (0.1**p)
+    if opt.body is not None:
+        # The body is only refined once the fields explain the frames roughly (cfg.pose_start),
+        # at a constant rate; earlier, photometric gradients would push poses to fit a wrong shape.
+        opt.body.param_groups[0]["lr"] = base_lrs[-1] * min(1.0, max(0.0, (p - cfg.pose_start) / 0.2))
+    if cfg.sdf == "hash":
+        L = cfg.hash_levels
+        k = L if cfg.coarse_to_fine <= 0 else min(L, 4 + int((L - 4) * p / cfg.coarse_to_fine))
+        av.sdf.grid.set_active_levels(k)
+    if cfg.beta_end > 0:
+        av.beta_cap.fill_(cfg.beta_init * (cfg.beta_end / cfg.beta_init) ** min(1.0, p / 0.6))
+
+
 def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget: FitBudget = FitBudget(iters=1000),
-            device: str = "cpu", body_model_dir: str | None = None,
-            cancel: CancelToken | None = None) -> Iterator[Event]:
-    """Optimises (or resumes) the avatar of a project; the checkpoint is the only thing it writes."""
+            device: str = "cpu", body_model_dir: str | None = None, cancel: CancelToken | None = None,
+            prior: str | Path | None = None, prior_mode: str = "refine") -> Iterator[Event]:
+    """Optimises (or resumes) the avatar of a project; the checkpoint is the only thing it writes.
+    A new fit can start from a prior (`engine.prior`): `prior_mode` refine trains everything from there,
+    inference keeps the human fields fixed and fits only the per-video parts."""
     cancel = cancel or CancelToken()
-    session = open_session(project_dir, config, device, body_model_dir)
+    session = open_session(project_dir, config, device, body_model_dir, prior=prior, prior_mode=prior_mode)
     cfg, av, dev = session.cfg, session.avatar, session.device
     if session.checkpoint is not None:
         yield Log(f"resuming from step {session.step} (checkpoint {checkpoint_path(session.project.root)})")
@@ -157,17 +177,7 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
         while not done():
             cancel.check()
             p = _progress(session, budget, t0, step0)
-            for g, lr in zip(opt.param_groups, base_lrs):
-                g["lr"] = lr * (0.1**p)
-            if opt.body is not None:
-                # The body is only refined once the fields explain the frames roughly (cfg.pose_start),
-                # at a constant rate; earlier, photometric gradients would push poses to fit a wrong shape.
-                opt.body.param_groups[0]["lr"] = base_lrs[-1] * min(1.0, max(0.0, (p - cfg.pose_start) / 0.2))
-            if cfg.sdf == "hash" and cfg.coarse_to_fine > 0:
-                L = cfg.hash_levels
-                av.sdf.grid.set_active_levels(min(L, 4 + int((L - 4) * p / cfg.coarse_to_fine)))
-            if cfg.beta_end > 0:
-                av.beta_cap.fill_(cfg.beta_init * (cfg.beta_end / cfg.beta_init) ** min(1.0, p / 0.6))
+            apply_schedule(session, opt, base_lrs, p)
             n_rays, fine = _incremental(cfg, p)
             ts = time.perf_counter()
             values = _step(session, opt, train, images, masks, n_rays, fine, p, gen, rng)
@@ -242,17 +252,18 @@ def _step(session: Session, opt, train, images, masks, n_rays, fine, p, gen, rng
     off = out.body_dist > 0.1
     if cfg.w_sparse > 0 and off.any():
         losses["sparse"] = cfg.w_sparse * min(1.0, p / 0.2) * out.opacity[off].mean()
-    # Eikonal (forward differences) and in-shape on canonical points near the body.
-    xe = _eikonal_points(session, cfg.eikonal_points, gen)
-    h = 0.002
-    s0, _ = av.sdf(xe)
-    grads = [(av.sdf(xe + h * torch.eye(3, device=dev)[k])[0] - s0) / h for k in range(3)]
-    gnorm = torch.stack(grads, -1).norm(dim=-1)
-    losses["eikonal"] = cfg.w_eikonal * ((gnorm - 1) ** 2).mean()
-    with torch.no_grad():
-        deep = av.sdf.body_sdf(xe) < -0.02
-    if cfg.w_inshape > 0 and deep.any():
-        losses["inshape"] = cfg.w_inshape * F.relu(s0[deep]).mean()
+    if not cfg.freeze_shared:
+        # Eikonal (forward differences) and in-shape on canonical points near the body.
+        xe = _eikonal_points(session, cfg.eikonal_points, gen)
+        h = 0.002
+        s0, _ = av.sdf(xe)
+        grads = [(av.sdf(xe + h * torch.eye(3, device=dev)[k])[0] - s0) / h for k in range(3)]
+        gnorm = torch.stack(grads, -1).norm(dim=-1)
+        losses["eikonal"] = cfg.w_eikonal * ((gnorm - 1) ** 2).mean()
+        with torch.no_grad():
+            deep = av.sdf.body_sdf(xe) < -0.02
+        if cfg.w_inshape > 0 and deep.any():
+            losses["inshape"] = cfg.w_inshape * F.relu(s0[deep]).mean()
     if cfg.time_consistency != "none" and len(train) > 1:
         k = train.index(f)
         g = train[k + 1] if k + 1 < len(train) else train[k - 1]

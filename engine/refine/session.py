@@ -232,8 +232,11 @@ class Session:
 
 
 def open_session(project_dir: str | Path, cfg: RefineConfig | None = None, device: str = "cpu",
-                 body_model_dir: str | None = None, require_checkpoint: bool = False) -> Session:
-    """Opens a project for refinement; restores the checkpoint (and its config) when there is one."""
+                 body_model_dir: str | None = None, require_checkpoint: bool = False,
+                 prior: str | Path | None = None, prior_mode: str = "refine", use_checkpoint: bool = True) -> Session:
+    """Opens a project for refinement; restores the checkpoint (and its config) when there is one.
+    Without one, `prior` (a `prior train` folder) gives the starting human fields; `prior_mode`
+    inference keeps them fixed."""
     project = Project.open(project_dir)
     dev = resolve_device(device)
     body = create_body_model(BodyConfig(project.body_model, body_model_dir))
@@ -242,16 +245,27 @@ def open_session(project_dir: str | Path, cfg: RefineConfig | None = None, devic
         raise UserError(f"{project.root}/body.npz does not match the {body.name} body model.")
     ck_path = checkpoint_path(project.root)
     state = None
-    if ck_path.exists():
+    if use_checkpoint and ck_path.exists():
         state = load_checkpoint(ck_path, body_model=project.body_model, num_frames=project.num_frames)
         saved = RefineConfig.from_dict(state["config"])
         if cfg is not None and cfg.preset != saved.preset:
             log.warning("the project's checkpoint uses preset %s; resuming with it (delete checkpoints/ to change)",
                         saved.preset)
         cfg = saved
+        if prior is not None:
+            log.warning("the project already has a fitted avatar: resuming it (the prior only sets the starting "
+                        "point of a new fit; delete checkpoints/ to start over from the prior)")
+            prior = None
     elif require_checkpoint:
         raise UserError(f"{project.root} has no fitted avatar yet (no checkpoints/last.pt); run `fit` first.")
     cfg = cfg or RefineConfig()
+    loaded_prior = None
+    if prior is not None:
+        from engine.prior.store import load_prior
+
+        loaded_prior = load_prior(prior)
+        loaded_prior.check_compatible(cfg, project.body_model)
+        cfg = loaded_prior.fit_config(cfg, prior_mode)
     cfg.validate()
     deformer = Deformer(body, params, dev)
     if state is not None:
@@ -268,4 +282,7 @@ def open_session(project_dir: str | Path, cfg: RefineConfig | None = None, devic
     if state is not None:
         avatar.load_state_dict(state["model"])
         step = int(state["step"])
+    elif loaded_prior is not None:
+        loaded_prior.apply(avatar)
+        log.info("human fields start from the prior %s (%s)", loaded_prior.path, prior_mode)
     return Session(project, cfg, body, params, deformer, avatar, project.cameras(), dev, step, state)

@@ -1,0 +1,132 @@
+"""Prior files: the human fields shared across videos, written atomically, loaded with weights_only=True.
+
+A prior folder holds `prior.pt` (the shared weights and what they need to be used) and `prior.json`
+(the same facts, human-readable). `prior train` also keeps its resumable state in `training/`.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.errors import UserError
+from engine.project import atomic
+from engine.refine.config import RefineConfig
+
+FORMAT = "avatar-prior"
+VERSION = 1
+PRIOR_FILE = "prior.pt"
+INFO_FILE = "prior.json"
+SHIPPED_PRIOR = Path(__file__).resolve().parents[2] / "resources" / "prior"
+
+# What is shared across videos: the canonical SDF residual and the colour field. The body SDF grid
+# and the hash grid's box are per video (the residual lives in each body's normalised box, so one
+# table serves people of any size); background, density scale and pose refinements are per video.
+SHARED_PREFIXES = ("sdf.grid.table", "sdf.net.", "sdf.layers.", "color.")
+# Settings that change the shapes or meaning of the shared weights.
+ARCHITECTURE = ("sdf", "hash_levels", "hash_log2_table", "hash_max_res", "mlp_width", "mlp_depth")
+
+
+def is_shared(name: str) -> bool:
+    return name.startswith(SHARED_PREFIXES)
+
+
+def shared_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
+    """Name → parameter of the shared fields of an avatar."""
+    return {n: p for n, p in module.named_parameters() if is_shared(n)}
+
+
+def tie_shared(avatars: list[nn.Module]) -> None:
+    """Makes every avatar use the first one's shared parameter objects (one set of weights, one
+    gradient, one optimiser state), keeping their per-video parts."""
+    ref = shared_parameters(avatars[0])
+    for av in avatars[1:]:
+        for name, p in ref.items():
+            owner, attr = name.rsplit(".", 1)
+            setattr(av.get_submodule(owner), attr, p)
+
+
+@dataclass
+class Prior:
+    path: Path
+    state: dict[str, torch.Tensor]
+    config: RefineConfig
+    body_model: str
+    log_beta: float
+    info: dict
+
+    def check_compatible(self, cfg: RefineConfig, body_model: str) -> None:
+        """Raises `UserError` when a project or configuration cannot use this prior."""
+        if body_model != self.body_model:
+            raise UserError(f"the prior {self.path} was trained with body model {self.body_model!r}; "
+                            f"this project uses {body_model!r}.")
+        diff = [f"{k}={getattr(self.config, k)} (this run: {getattr(cfg, k)})" for k in ARCHITECTURE
+                if getattr(self.config, k) != getattr(cfg, k)]
+        if diff:
+            raise UserError(f"the prior {self.path} was trained with other field settings: {', '.join(diff)}; "
+                            f"use preset {self.config.preset!r}.")
+
+    def apply(self, avatar: nn.Module) -> None:
+        """Copies the shared weights into a freshly built avatar (and the prior's density scale)."""
+        own = shared_parameters(avatar)
+        if set(own) != set(self.state):
+            raise UserError(f"the prior {self.path} does not fit this avatar (different fields).")
+        with torch.no_grad():
+            for name, p in own.items():
+                if p.shape != self.state[name].shape:
+                    raise UserError(f"the prior {self.path} does not fit this avatar ({name}: "
+                                    f"{tuple(self.state[name].shape)} vs {tuple(p.shape)}).")
+                p.copy_(self.state[name].to(p.device, p.dtype))
+            avatar.log_beta.fill_(self.log_beta)
+
+    def fit_config(self, cfg: RefineConfig, mode: str) -> RefineConfig:
+        """The configuration of a fit that starts from this prior: all hash levels from the start
+        (coarse-to-fine would hide the prior's detail); `inference` keeps the shared fields fixed."""
+        if mode not in ("refine", "inference"):
+            raise UserError(f"--mode must be refine or inference (got {mode!r}).")
+        return replace(cfg, coarse_to_fine=0.0, freeze_shared=(mode == "inference"))
+
+
+def save_prior(out_dir: str | Path, shared: dict[str, torch.Tensor], cfg: RefineConfig, body_model: str,
+               info: dict) -> Path:
+    """Writes PRIOR_DIR/prior.pt (shared weights by avatar parameter name) and prior.json, each atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {n: p.detach().cpu().clone() for n, p in shared.items()}
+    info = {"format": FORMAT, "version": VERSION, "body_model": body_model, "preset": cfg.preset,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+    buf = io.BytesIO()
+    torch.save({**info, "config": cfg.to_dict(), "state": state}, buf)
+    atomic.write_bytes(out / PRIOR_FILE, buf.getvalue())
+    atomic.write_json(out / INFO_FILE, info)
+    return out / PRIOR_FILE
+
+
+def load_prior(path: str | Path) -> Prior:
+    """Loads PRIOR_DIR (or PRIOR_DIR/prior.pt) with weights_only=True.
+
+    Raises:
+        UserError: missing, unreadable, not a prior, or from another version.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / PRIOR_FILE
+    if not p.is_file():
+        raise UserError(f"no prior at {path} (expected a folder with {PRIOR_FILE}, made by `prior train`).")
+    try:
+        data = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets one message
+        raise UserError(f"prior {p} is unreadable ({e.__class__.__name__}).") from e
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise UserError(f"{p} is not an avatar prior.")
+    if data.get("version") != VERSION:
+        raise UserError(f"prior {p} is from another version (format {data.get('version')}, this version reads "
+                        f"{VERSION}); train it again with `prior train`.")
+    info = {k: v for k, v in data.items() if k not in ("state", "config")}
+    return Prior(p, data["state"], RefineConfig.from_dict(data["config"]), data["body_model"],
+                 float(data["log_beta"]), info)
