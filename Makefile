@@ -10,7 +10,7 @@ DEB_PKGS := libusb-1.0-0 xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0
 	libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xkb1 libxkbcommon0 libxkbcommon-x11-0 \
 	libgl1 libegl1 libglx-mesa0 libgl1-mesa-dri libdbus-1-3 libfontconfig1 fonts-dejavu-core
 
-.PHONY: run test setup demo lint clean screenshots package
+.PHONY: run test setup demo lint clean screenshots package prior
 
 setup: $(STAMP)
 
@@ -54,6 +54,15 @@ package: $(STAMP)
 	install -D -m 644 packaging/avatar-studio.desktop dist/avatar-studio/avatar-studio.desktop
 	install -D -m 644 resources/icons/avatar-studio.png dist/avatar-studio/avatar-studio.png
 	@echo "Built dist/avatar-studio/ (run dist/avatar-studio/avatar-studio)"
+
+# The prior shipped in resources/prior: trained on synthetic scenes the engine generates (seeds 100+;
+# benchmark scenes use other seeds). About 25 minutes on a 2-core CPU.
+PRIOR_DATA ?= build/prior_data
+prior: $(STAMP)
+	$(PY) main.py prior synth $(PRIOR_DATA) --scenes 6 --frames 30 --size 256 --first-seed 100 --overwrite
+	$(PY) main.py prior train $(PRIOR_DATA)/scene_*/project --out resources/prior --rounds 12 --visit-steps 100 \
+		--eval-every 4 --restart
+	rm -rf resources/prior/training
 
 clean:
 	rm -rf $(VENV) demo_output

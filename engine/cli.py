@@ -127,7 +127,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from engine.refine.loop import FitBudget, fit_job
 
     cfg = load_preset(args.preset, lr=args.lr, rays=args.rays, fine_samples=args.samples,
-                      incremental=args.incremental, time_consistency=args.time_consistency, seed=args.seed)
+                      incremental=args.incremental, time_consistency=args.time_consistency, seed=args.seed,
+                      **_encoder_overrides(args))
     if args.iters is None and args.minutes is None:
         args.iters = 1000
     budget = FitBudget(iters=args.iters, minutes=args.minutes, checkpoint_every=args.checkpoint_every,
@@ -140,6 +141,19 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     log.info("fitted to step %d (%.0f s this run); checkpoint in %s/checkpoints/", result["step"],
              result["seconds"], args.project)
     return 0
+
+
+def _add_encoder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--geometry-encoder", action="store_true", default=None,
+                   help="seed thesis option: a small U-Net's pixel-aligned features displace canonical points")
+    p.add_argument("--morph-loss", choices=("v1", "v2"), help="morphing loss: v1 sum, v2 mean of displacement norms")
+    p.add_argument("--w-morph", type=_nonneg_float, help="weight of the morphing loss (default 0.01)")
+    p.add_argument("--morph-factor", type=_nonneg_float, help="morphing factor μ in [0, 1] (default 0.5)")
+
+
+def _encoder_overrides(args: argparse.Namespace) -> dict:
+    return {"geometry_encoder": args.geometry_encoder, "morph_loss": args.morph_loss, "w_morph": args.w_morph,
+            "morph_factor": args.morph_factor}
 
 
 def _prior_arg(value: str | None) -> str | None:
@@ -163,7 +177,8 @@ def _cmd_prior_train(args: argparse.Namespace) -> int:
     if rank:
         logging.getLogger().handlers[0].setFormatter(logging.Formatter(f"[rank {rank}] %(message)s"))
     cfg = PriorConfig(rounds=args.rounds, visit_steps=args.visit_steps, visit_seconds=args.visit_seconds or 0.0,
-                      eval_every=args.eval_every, preset=args.preset, seed=args.seed)
+                      eval_every=args.eval_every, preset=args.preset, seed=args.seed,
+                      **{k: v for k, v in _encoder_overrides(args).items() if v is not None})
     r = drive(prior_train_job(args.projects, args.out, cfg, device=args.device, body_model_dir=args.body_model_dir,
                               restart=args.restart, cancel=args.cancel), args.quiet or rank > 0)
     if rank == 0:
@@ -297,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, help="random seed")
     f.add_argument("--checkpoint-every", type=_positive_int, default=50, help="steps between checkpoints (default 50)")
     f.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
+    _add_encoder_args(f)
     f.add_argument("--prior", metavar="PRIOR_DIR",
                    help="start a new fit from a prior made by `prior train` (`shipped`: the one in resources/prior)")
     f.add_argument("--mode", choices=("refine", "inference"), default="refine",
@@ -324,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute device (default cpu)")
     t.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
+    _add_encoder_args(t)
     t.add_argument("--restart", action="store_true", help="discard the saved training state in PRIOR_DIR and start over")
     t.set_defaults(func=_cmd_prior_train)
     sy = prs.add_parser("synth", help="generate a varied set of synthetic training projects",

@@ -24,12 +24,13 @@ PRIOR_FILE = "prior.pt"
 INFO_FILE = "prior.json"
 SHIPPED_PRIOR = Path(__file__).resolve().parents[2] / "resources" / "prior"
 
-# What is shared across videos: the canonical SDF residual and the colour field. The body SDF grid
+# What is shared across videos: the canonical SDF residual, the colour field and the optional geometry
+# encoder. The body SDF grid
 # and the hash grid's box are per video (the residual lives in each body's normalised box, so one
 # table serves people of any size); background, density scale and pose refinements are per video.
-SHARED_PREFIXES = ("sdf.grid.table", "sdf.net.", "sdf.layers.", "color.")
+SHARED_PREFIXES = ("sdf.grid.table", "sdf.net.", "sdf.layers.", "color.", "encoder.")
 # Settings that change the shapes or meaning of the shared weights.
-ARCHITECTURE = ("sdf", "hash_levels", "hash_log2_table", "hash_max_res", "mlp_width", "mlp_depth")
+ARCHITECTURE = ("sdf", "hash_levels", "hash_log2_table", "hash_max_res", "mlp_width", "mlp_depth", "geometry_encoder")
 
 
 def is_shared(name: str) -> bool:

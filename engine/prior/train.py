@@ -63,6 +63,14 @@ class PriorConfig:
     """Random seed."""
     timeout_s: float = 1800.0
     """How long a process waits for the others at a synchronisation point before giving up."""
+    geometry_encoder: bool = False
+    """Train the seed thesis's geometry encoder too (shared across videos)."""
+    morph_factor: float = 0.5
+    """Morphing factor μ of the geometry encoder."""
+    morph_loss: str = "v2"
+    """Morphing loss: v1 (sum of displacement norms) or v2 (mean)."""
+    w_morph: float = 0.01
+    """Weight of the morphing loss."""
 
     def validate(self) -> None:
         if self.rounds < 1:
@@ -208,7 +216,8 @@ def prior_train_job(project_dirs: list[str | Path], out_dir: str | Path, config:
         raise UserError("--out must not be inside a project.")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder.")
-    cfg = load_preset(config.preset, seed=config.seed)
+    cfg = load_preset(config.preset, seed=config.seed, geometry_encoder=config.geometry_encoder,
+                      morph_factor=config.morph_factor, morph_loss=config.morph_loss, w_morph=config.w_morph)
     # What a resumed run must share with the saved one (rounds, visit budgets and evaluation may change).
     cfg_dict = {"refine": cfg.to_dict()}
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
@@ -278,6 +287,7 @@ def prior_train_job(project_dirs: list[str | Path], out_dir: str | Path, config:
     slots = math.ceil(len(dirs) / world)
     total = (config.rounds - round0) * len(videos) * (config.visit_steps if config.visit_seconds <= 0 else 1)
     done_steps, t_start = 0, time.perf_counter()
+    compute_total, sync_total, last_stats = 0.0, 0.0, []
     history = []
     if rank == 0 and (out / LOG_FILE).exists() and state is not None:
         history = [json.loads(x) for x in (out / LOG_FILE).read_text().splitlines() if x.strip()]
@@ -302,9 +312,14 @@ def prior_train_job(project_dirs: list[str | Path], out_dir: str | Path, config:
                 for p, st in zip(shared.values(), adam_steps):
                     shared_opt.state[p]["step"].copy_(st)
                 sync_s += time.perf_counter() - ts
+            compute_total += compute_s
+            sync_total += sync_s
             stats = {"rank": rank, "rows": rows, "compute_s": compute_s, "sync_s": sync_s, "steps": steps_round,
+                     "run_steps": done_steps, "run_compute_s": round(compute_total, 2),
+                     "run_sync_s": round(sync_total, 2),
                      "log_beta": [float(v.session.avatar.log_beta.detach()) for v in videos], "digest": digest(shared)}
             everyone = distributed.gather(stats)
+            last_stats = [{k: v for k, v in st.items() if k != "rows"} for st in everyone]
             if rank == 0:
                 all_rows = sorted((r for s in everyone for r in s["rows"]), key=lambda r: r["video"])
                 history += all_rows
@@ -319,9 +334,17 @@ def prior_train_job(project_dirs: list[str | Path], out_dir: str | Path, config:
     seconds = time.perf_counter() - t_start
     d = digest(shared)
     yield Log(f"rank {rank}: shared weights sha256 {d}")
-    yield Done({"prior": str(out), "rank": rank, "world": world, "rounds": config.rounds, "steps": done_steps,
-                "seconds": round(seconds, 1), "steps_per_s": round(done_steps / max(seconds, 1e-9), 2),
-                "digest": d})
+    summary = {"prior": str(out), "rank": rank, "world": world, "rounds": config.rounds, "steps": done_steps,
+               "seconds": round(seconds, 1), "steps_per_s": round(done_steps / max(seconds, 1e-9), 2),
+               "ms_per_step": round(1000 * compute_total / max(done_steps, 1), 1), "sync_s": round(sync_total, 2),
+               "digest": d}
+    if rank == 0:
+        # Throughput of the whole run over all ranks (each rank's own numbers as of the last round).
+        all_steps = sum(st["run_steps"] for st in last_stats)
+        atomic.write_json(tdir / "summary.json", {**summary, "all_steps": all_steps,
+                                                  "all_steps_per_s": round(all_steps / max(seconds, 1e-9), 2),
+                                                  "ranks": last_stats})
+    yield Done(summary)
 
 
 def _visit(v: _Video, config: PriorConfig, base_lrs: list[float], rnd: int, cancel: CancelToken, done0: int,

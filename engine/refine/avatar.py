@@ -11,6 +11,7 @@ from torch import nn
 
 from engine.fields.body_sdf import BodySDFGrid
 from engine.fields.encodings import HashGrid, HashGridConfig, PositionalEncoding, TinyMLP
+from engine.fields.geometry_encoder import GeometryEncoder
 from engine.refine.config import RefineConfig
 
 FEATURES = 15  # geometry features passed from the SDF field to the colour field (hash field)
@@ -97,6 +98,7 @@ class Avatar(nn.Module):
         self.num_pose_bones = num_pose_bones
         # Upper bound on β set by the fit loop's annealing schedule; a buffer so checkpoints keep it.
         self.register_buffer("beta_cap", torch.tensor(float("inf")))
+        self.encoder = GeometryEncoder() if cfg.geometry_encoder else None
         if cfg.freeze_shared:
             from engine.prior.store import shared_parameters
 

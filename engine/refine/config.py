@@ -84,6 +84,15 @@ class RefineConfig:
     """Fraction of the steps over which hash levels are unlocked (0: all from the start)."""
     seed: int = 0
     """Random seed."""
+    geometry_encoder: bool = False
+    """Seed thesis option: a small U-Net encodes the frame; pixel-aligned features and the canonical point
+    predict a displacement of the canonical point (x' = x_c + morph_factor * displacement)."""
+    morph_factor: float = 0.5
+    """Morphing factor μ of the geometry encoder's displacement."""
+    morph_loss: str = "v2"
+    """Morphing loss on the displacements: v1 (sum of their norms) or v2 (mean)."""
+    w_morph: float = 0.01
+    """Weight of the morphing loss."""
     freeze_shared: bool = False
     """Keep the human fields (SDF and colour) fixed: only the background, density scale and body are fitted
     (`fit --prior DIR --mode inference`)."""
@@ -97,6 +106,10 @@ class RefineConfig:
             raise UserError(f"--incremental must be none, linear or squared (got {self.incremental!r}).")
         if self.time_consistency not in ("none", "displacement", "sdf"):
             raise UserError(f"--time-consistency must be none, displacement or sdf (got {self.time_consistency!r}).")
+        if self.morph_loss not in ("v1", "v2"):
+            raise UserError(f"--morph-loss must be v1 or v2 (got {self.morph_loss!r}).")
+        if not 0 <= self.morph_factor <= 1:
+            raise UserError(f"--morph-factor must be in [0, 1] (got {self.morph_factor}).")
         for name in ("rays", "coarse_samples", "fine_samples"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1.")

@@ -10,6 +10,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from engine.body.base import BodyModel, BodyParams
+from engine.geometry.camera import Camera
 from engine.geometry.lbs import warp
 
 
@@ -21,6 +22,8 @@ class FramePose:
     transforms: torch.Tensor  # [J, 4, 4] rest → world (differentiable in the refinements)
     vertices: np.ndarray  # [V, 3] posed body vertices (no grad; for nearest-vertex lookups)
     tree: cKDTree
+    features: torch.Tensor | None = None  # [1, C, H, W] geometry-encoder features of the frame (optional)
+    camera: Camera | None = None  # the frame's camera (with `features`)
 
 
 LOOKUP_VOXEL = 0.015  # metres

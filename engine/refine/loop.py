@@ -228,7 +228,7 @@ def _step(session: Session, opt, train, images, masks, n_rays, fine, p, gen, rng
     cfg, av, dev = session.cfg, session.avatar, session.device
     f = int(rng.choice(train))
     cam = session.cameras[f]
-    fp = session.frame_pose(f)
+    fp = session.frame_pose(f, images[f])
     # Rays: most inside the projected body's box (no mask needed), the rest anywhere.
     lo, hi = body_box(cam, fp.vertices)
     n_in = int(n_rays * cfg.person_ray_fraction)
@@ -270,11 +270,13 @@ def _step(session: Session, opt, train, images, masks, n_rays, fine, p, gen, rng
         if cfg.time_consistency == "displacement":
             losses["time"] = cfg.w_time * ((av.frame_deltas(f)[0] - av.frame_deltas(g)[0]) ** 2).sum() * 100
         elif len(out.points_w):
-            fg = session.frame_pose(g)
+            fg = session.frame_pose(g, images[g])
             xc_g, _ = session.deformer.to_canonical(out.points_w[:1024], fg)
             s_f, _ = av.sdf(out.points_c[:1024])
             s_g, _ = av.sdf(xc_g)
             losses["time"] = cfg.w_time * (s_f - s_g).abs().mean()
+    if out.morph is not None and len(out.morph):
+        losses["morph"] = cfg.w_morph * (out.morph.sum() if cfg.morph_loss == "v1" else out.morph.mean())
     if cfg.lr_pose > 0:
         # Weak prior: refinements stay small unless the pixels insist.
         d_pose, d_tr = av.frame_deltas(f)

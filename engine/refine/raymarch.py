@@ -30,6 +30,7 @@ class RaysOut:
     body_dist: torch.Tensor  # [R] closest approach of the ray's samples to the body (m)
     points_c: torch.Tensor  # [P, 3] canonical points rendered with gradients (for regularisers)
     points_w: torch.Tensor  # [P, 3] the same points in the world
+    morph: torch.Tensor | None = None  # [S] geometry-encoder displacement norms of the rendered samples
 
 
 def ray_box(origins: torch.Tensor, dirs: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
@@ -42,12 +43,23 @@ def ray_box(origins: torch.Tensor, dirs: torch.Tensor, lo: torch.Tensor, hi: tor
     return near, far
 
 
-def _field(avatar: Avatar, deformer: Deformer, fp: FramePose, pts: torch.Tensor, shell: float):
-    """SDF, features and canonical points for world points [P, 3]; empty beyond the shell."""
+def canonical_points(avatar: Avatar, deformer: Deformer, fp: FramePose, pts: torch.Tensor):
+    """World points [P, 3] → canonical points [P, 3], distance to the body [P] and the geometry encoder's
+    displacement [P, 3] (None without one)."""
     xc, dist = deformer.to_canonical(pts, fp)
+    if fp.features is None or avatar.encoder is None:
+        return xc, dist, None
+    disp = avatar.cfg.morph_factor * avatar.encoder.displacement(fp.features, fp.camera, pts, xc)
+    return xc + disp, dist, disp
+
+
+def _field(avatar: Avatar, deformer: Deformer, fp: FramePose, pts: torch.Tensor, shell: float):
+    """SDF, features, canonical points, body distance and displacement for world points [P, 3]; empty
+    beyond the shell."""
+    xc, dist, disp = canonical_points(avatar, deformer, fp, pts)
     sdf, feat = avatar.sdf(xc)
     sdf = torch.where(dist < shell, sdf, torch.full_like(sdf, FAR))
-    return sdf, feat, xc, dist
+    return sdf, feat, xc, dist, disp
 
 
 def render_rays(avatar: Avatar, deformer: Deformer, fp: FramePose, origins: torch.Tensor, dirs: torch.Tensor,
@@ -76,7 +88,7 @@ def render_rays(avatar: Avatar, deformer: Deformer, fp: FramePose, origins: torc
     t_c = n0[:, None] + (f0 - n0)[:, None] * u  # [r, C]
     with torch.no_grad():
         pts = o[:, None] + d[:, None] * t_c[..., None]
-        sdf_c, _, _, dist_c = _field(avatar, deformer, fp, pts.reshape(-1, 3), shell)
+        sdf_c, _, _, dist_c, _ = _field(avatar, deformer, fp, pts.reshape(-1, 3), shell)
         sdf_c = sdf_c.view(r, coarse)
         body_dist[ids] = dist_c.view(r, coarse).amin(1)
 
@@ -118,7 +130,7 @@ def render_rays(avatar: Avatar, deformer: Deformer, fp: FramePose, origins: torc
     ok, dk = o[keep], d[keep]
     pts = ok[:, None] + dk[:, None] * t_f[..., None]
     S = t_f.shape[1]
-    sdf, feat, xc, dist = _field(avatar, deformer, fp, pts.reshape(-1, 3), shell)
+    sdf, feat, xc, dist, disp = _field(avatar, deformer, fp, pts.reshape(-1, 3), shell)
     col = avatar.rgb(xc, feat).view(-1, S, 3) if need_rgb else None
     out = composite(t_f, sdf.view(-1, S), avatar.beta, rgb=col, t_end=t_end)
     rows = ids[keep]
@@ -127,7 +139,8 @@ def render_rays(avatar: Avatar, deformer: Deformer, fp: FramePose, origins: torc
     opacity = opacity.index_put((rows,), out.opacity)
     depth = depth.index_put((rows,), out.depth)
     near_surface = (sdf.abs() < 0.05) & (dist < shell)
-    return RaysOut(rgb, opacity, depth, body_dist, xc[near_surface], pts.reshape(-1, 3)[near_surface])
+    morph = disp[dist < shell].norm(dim=-1) if disp is not None else None
+    return RaysOut(rgb, opacity, depth, body_dist, xc[near_surface], pts.reshape(-1, 3)[near_surface], morph)
 
 
 def body_box(camera, vertices: np.ndarray, margin: float = 15.0) -> tuple[np.ndarray, np.ndarray]:

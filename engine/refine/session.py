@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from engine.refine.avatar import Avatar
 from engine.refine.checkpoint import checkpoint_path, load_checkpoint
 from engine.refine.config import RefineConfig
 from engine.refine.deformer import Deformer, FramePose
-from engine.refine.raymarch import body_box, pixel_rays, render_rays
+from engine.refine.raymarch import body_box, canonical_points, pixel_rays, render_rays
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ class Session:
         image = torch.as_tensor(self.project.frame(i), device=self.device)
         mask = torch.as_tensor(self.project.mask(i), device=self.device).float()
         lo, hi = body_box(cam, self.deformer.frame(i, base=base).vertices)
+        with torch.no_grad():
+            enc = self._with_encoding(self.deformer.frame(i, base=base), image)
         g = np.random.default_rng(i)
         frozen = [p for p in av.parameters() if p.requires_grad]
         for p in frozen:
@@ -83,7 +85,8 @@ class Session:
                     grp["lr"] = lr * 0.1 ** (s / steps)
                 pix = g.uniform(lo, hi + 1, size=(rays, 2)).astype(int).clip(0, [cam.width - 1, cam.height - 1])
                 o, d = pixel_rays(cam, pix, self.device)
-                fp = self.deformer.frame(i, d_pose, self._in_image_plane(i, d_tr), base=base)
+                fp = replace(self.deformer.frame(i, d_pose, self._in_image_plane(i, d_tr), base=base),
+                             features=enc.features, camera=enc.camera)
                 out = render_rays(av, self.deformer, fp, o, d, cfg.coarse_samples, cfg.fine_samples, cfg.sampler,
                                   cfg.shell)
                 pt = torch.as_tensor(pix, device=self.device)
@@ -149,11 +152,20 @@ class Session:
         a, b = self.refined_params(lo), self.refined_params(hi)
         return tuple((1 - w) * x + w * y for x, y in zip(a, b))  # small angles: axis-angles blend linearly
 
-    def frame_pose(self, i: int) -> FramePose:
+    def frame_pose(self, i: int, image: torch.Tensor | None = None) -> FramePose:
         """The refined body of frame i (held-out frames: their neighbours' trajectory, plus their own
-        test-time refinement once `fit_frame_pose` ran)."""
+        test-time refinement once `fit_frame_pose` ran); with the geometry encoder, also the frame's
+        features (from `image` [H, W, 3] on the device, read from the project when not given)."""
         d_pose, d_tr = self.avatar.frame_deltas(i)
-        return self.deformer.frame(i, d_pose, self._in_image_plane(i, d_tr), base=self.base_params(i))
+        fp = self.deformer.frame(i, d_pose, self._in_image_plane(i, d_tr), base=self.base_params(i))
+        return self._with_encoding(fp, image)
+
+    def _with_encoding(self, fp: FramePose, image: torch.Tensor | None = None) -> FramePose:
+        if self.avatar.encoder is None:
+            return fp
+        if image is None:
+            image = torch.as_tensor(self.project.frame(fp.index), device=self.device)
+        return replace(fp, features=self.avatar.encoder.encode(image), camera=self.cameras[fp.index])
 
     def _in_image_plane(self, i: int, d_tr: torch.Tensor) -> torch.Tensor:
         """Drops the part of a translation refinement along the camera's axis: moving toward the
@@ -202,8 +214,8 @@ class Session:
         for k in range(3):
             e = torch.zeros(3, device=x.device)
             e[k] = h
-            sp, _ = self.avatar.sdf(self.deformer.to_canonical(x + e, fp)[0])
-            sm, _ = self.avatar.sdf(self.deformer.to_canonical(x - e, fp)[0])
+            sp, _ = self.avatar.sdf(canonical_points(self.avatar, self.deformer, fp, x + e)[0])
+            sm, _ = self.avatar.sdf(canonical_points(self.avatar, self.deformer, fp, x - e)[0])
             cols.append((sp - sm) / (2 * h))
         g = torch.stack(cols, -1)
         return g / g.norm(dim=-1, keepdim=True).clamp(min=1e-8)
