@@ -9,6 +9,7 @@ import typing
 import torch
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -36,6 +37,7 @@ CHOICES = {
     "incremental": ("none", "linear", "squared"),
     "time_consistency": ("none", "displacement", "sdf"),
     "background": ("plate",),
+    "morph_loss": ("v1", "v2"),
 }
 BODY_MODELS = ("anny", "smpl", "smplx")
 
@@ -197,6 +199,12 @@ class ControlPanel(QWidget):
             w = QComboBox()
             w.addItems(CHOICES[name])
             return w
+        if typ is bool:
+            return QCheckBox()
+        if typ is str:  # a text field without a known set of choices
+            w = QLineEdit()
+            w.setProperty("text_field", True)
+            return w
         if typ is int:
             w = QSpinBox()
             w.setRange(0, 10_000_000)
@@ -208,6 +216,10 @@ class ControlPanel(QWidget):
         w = self.fields[name]
         if isinstance(w, QComboBox):
             w.setCurrentText(str(value))
+        elif isinstance(w, QCheckBox):
+            w.setChecked(bool(value))
+        elif w.property("text_field"):
+            w.setText(str(value))
         elif isinstance(w, QSpinBox):
             w.setValue(int(value))
         else:
@@ -217,6 +229,10 @@ class ControlPanel(QWidget):
         w = self.fields[name]
         if isinstance(w, QComboBox):
             return w.currentText()
+        if isinstance(w, QCheckBox):
+            return w.isChecked()
+        if w.property("text_field"):
+            return w.text()
         if isinstance(w, QSpinBox):
             return w.value()
         try:

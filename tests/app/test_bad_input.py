@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl
@@ -9,7 +10,7 @@ from PySide6.QtGui import QDropEvent
 
 from app.settings import Settings
 from app.window import MainWindow
-from engine.refine.config import field_docs
+from engine.refine.config import RefineConfig, field_docs, load_preset
 from tests.app.conftest import wait_until
 
 
@@ -64,6 +65,9 @@ def test_settings_tooltips_and_recent_projects_persist(qapp, tiny_project, tmp_p
     c.steps.setValue(1234)
     c.minutes.setValue(2.5)
     assert c.refine_config().rays == 777 and c.refine_config().preset == "vid2avatar"
+    # Every RefineConfig field has a widget (ints, floats, bools, choices) that gives its value back unchanged.
+    assert set(c.fields) == {f.name for f in dataclasses.fields(RefineConfig)} - {"preset"}
+    assert c.refine_config() == load_preset("vid2avatar", rays=777)
     assert w.open_project(tiny_project)
     w.close()
 
