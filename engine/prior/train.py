@@ -34,7 +34,7 @@ from engine.prior import distributed
 from engine.prior.store import is_shared, save_prior, shared_parameters, tie_shared
 from engine.project import Project, atomic
 from engine.refine.config import PRESETS, load_preset
-from engine.refine.loop import _step, apply_schedule
+from engine.refine.loop import Optimizers, _step, apply_schedule
 from engine.refine.session import Session, open_session
 
 log = logging.getLogger(__name__)
@@ -83,30 +83,12 @@ class PriorConfig:
             raise UserError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
 
 
-class _Optimizers:
-    """The loop's optimiser interface for one video: the shared Adam, the video's own Adam (background,
-    density scale) and its sparse Adam (pose refinements), in that param-group order."""
-
-    def __init__(self, shared: torch.optim.Adam, own: torch.optim.Adam, body: torch.optim.SparseAdam | None):
-        self.shared, self.own, self.body = shared, own, body
-        self._all = [shared, own] + ([body] if body else [])
-        self.param_groups = [g for o in self._all for g in o.param_groups]
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for o in self._all:
-            o.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        for o in self._all:
-            o.step()
-
-
 @dataclass
 class _Video:
     key: str
     index: int
     session: Session
-    opt: _Optimizers
+    opt: Optimizers
     train: list[int]
     images: dict
     masks: dict
@@ -263,10 +245,10 @@ def prior_train_job(project_dirs: list[str | Path], out_dir: str | Path, config:
     for i, s in zip(mine, sessions):
         own = [p for n, p in s.avatar.named_parameters()
                if p.requires_grad and not is_shared(n) and not n.startswith(("pose_delta", "transl_delta"))]
-        own_opt = torch.optim.Adam(own, lr=cfg.lr, eps=eps)
-        body_opt = torch.optim.SparseAdam(s.avatar.body_parameters(), lr=cfg.lr_pose) if cfg.lr_pose > 0 else None
+        own = Optimizers.for_avatar(s.avatar, cfg, own)
+        own_opt, body_opt = own.fields, own.body
         train = s.project.train_frames
-        v = _Video(keys[i], i, s, _Optimizers(shared_opt, own_opt, body_opt), train,
+        v = _Video(keys[i], i, s, Optimizers([shared_opt, own_opt], body_opt), train,
                    {f: torch.as_tensor(s.project.frame(f), device=s.device) for f in train},
                    {f: torch.as_tensor(s.project.mask(f), device=s.device) for f in train})
         vf = vdir / f"{v.key}.pt"
@@ -393,7 +375,7 @@ def _save_video(path: Path, v: _Video, rnd: int) -> None:
     model = {k: t.detach().cpu() for k, t in v.session.avatar.state_dict().items()
              if not is_shared(k) and not k.startswith("sdf.body.")}
     _save_torch(path, {"format": STATE_FORMAT, "version": STATE_VERSION, "video": v.key, "round": rnd + 1,
-                       "step": v.session.step, "model": model, "own_optimizer": v.opt.own.state_dict(),
+                       "step": v.session.step, "model": model, "own_optimizer": v.opt.field_opts[1].state_dict(),
                        "body_optimizer": v.opt.body.state_dict() if v.opt.body else None})
 
 

@@ -68,13 +68,22 @@ def _incremental(cfg: RefineConfig, p: float) -> tuple[int, int]:
 
 
 class Optimizers:
-    """Adam for the fields, sparse Adam for the per-frame body refinements (one interface)."""
+    """Adam for the fields (one, or several: a prior's shared fields and a video's own parts), sparse Adam
+    for the per-frame body refinements; one interface, param groups in that order."""
 
-    def __init__(self, av, cfg: RefineConfig) -> None:
-        self.fields = torch.optim.Adam(av.field_parameters(), lr=cfg.lr, eps=1e-12 if cfg.sdf == "hash" else 1e-8)
-        self.body = torch.optim.SparseAdam(av.body_parameters(), lr=cfg.lr_pose) if cfg.lr_pose > 0 else None
-        self.param_groups = self.fields.param_groups + (self.body.param_groups if self.body else [])
-        self._all = [self.fields] + ([self.body] if self.body else [])
+    def __init__(self, fields: list[torch.optim.Optimizer], body: torch.optim.SparseAdam | None) -> None:
+        self.field_opts, self.body = fields, body
+        self.fields = fields[0]
+        self._all = fields + ([body] if body else [])
+        self.param_groups = [g for o in self._all for g in o.param_groups]
+
+    @staticmethod
+    def for_avatar(av, cfg: RefineConfig, params: list | None = None) -> Optimizers:
+        """Adam over `params` (default: all the avatar's field parameters) and sparse Adam over its body."""
+        fields = torch.optim.Adam(av.field_parameters() if params is None else params, lr=cfg.lr,
+                                  eps=1e-12 if cfg.sdf == "hash" else 1e-8)
+        body = torch.optim.SparseAdam(av.body_parameters(), lr=cfg.lr_pose) if cfg.lr_pose > 0 else None
+        return Optimizers([fields], body)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for o in self._all:
@@ -142,7 +151,7 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
         yield Log(f"resuming from step {session.step} (checkpoint {checkpoint_path(session.project.root)})")
     atomic.write_json(session.project.root / "refine_config.json", cfg.to_dict())
     train = session.project.train_frames or list(range(session.project.num_frames))
-    opt = Optimizers(av, cfg)
+    opt = Optimizers.for_avatar(av, cfg)
     if session.checkpoint is not None and "optimizer" in session.checkpoint:
         try:
             opt.load_state_dict(session.checkpoint["optimizer"])
