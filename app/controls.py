@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 
 import torch
 from PySide6.QtCore import Qt, Signal
@@ -28,6 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.errors import UserError
+from engine.prior.store import PRIOR_FILE, SHIPPED_PRIOR
 from engine.refine.config import PRESETS, RefineConfig, field_docs, load_preset
 
 # Choices of the string fields (the same sets RefineConfig.validate accepts).
@@ -125,6 +127,23 @@ class ControlPanel(QWidget):
         self.resolution.setSuffix(" px")
         self.resolution.setToolTip("Working resolution of new projects: long side of the frames (never upscaled)")
         f.addRow("Working resolution", self.resolution)
+        self.prior = QComboBox()
+        self.prior.addItem("Body only (no prior)", "")
+        self.prior.addItem("Shipped prior", str(SHIPPED_PRIOR))
+        if not (SHIPPED_PRIOR / PRIOR_FILE).is_file():
+            self.prior.model().item(1).setEnabled(False)  # a source checkout before `make prior`
+        self.prior.addItem("Prior folder…", "pick")
+        self.prior.setToolTip("What a new fit's human fields start from: the naked body, or a prior trained over "
+                              "many videos (`prior train`). A project that already has a checkpoint resumes it.")
+        self.prior.activated.connect(self._prior_chosen)
+        f.addRow("Start from", self.prior)
+        self.prior_mode = QComboBox()
+        self.prior_mode.addItem("Refine everything", "refine")
+        self.prior_mode.addItem("Inference (fields fixed)", "inference")
+        self.prior_mode.setToolTip("Refine: train the prior's fields further on this video. Inference: keep them "
+                                   "fixed and fit only background, density and body (fast; a first look).")
+        f.addRow("Prior mode", self.prior_mode)
+        self.prior.currentIndexChanged.connect(lambda _: self.prior_mode.setEnabled(bool(self.prior_path)))
         lay.addWidget(g)
 
         # ---- advanced (collapsed) --------------------------------------------------------------
@@ -141,7 +160,7 @@ class ControlPanel(QWidget):
         self.fields: dict[str, QWidget] = {}
         hints = typing.get_type_hints(RefineConfig)
         for fld in dataclasses.fields(RefineConfig):
-            if fld.name == "preset":
+            if fld.name in ("preset", "freeze_shared"):  # freeze_shared: the prior mode sets it
                 continue
             w = self._field_widget(fld.name, hints[fld.name])
             w.setToolTip(self.docs.get(fld.name, ""))
@@ -270,6 +289,28 @@ class ControlPanel(QWidget):
         """The RefineConfig these settings describe (raises UserError on bad values)."""
         return load_preset(self.preset.currentText(), **self.overrides())
 
+    def _prior_chosen(self, index: int) -> None:
+        if self.prior.itemData(index) == "pick":
+            d = QFileDialog.getExistingDirectory(self, "Prior folder (made by `prior train`)")
+            self.set_prior(d or "")
+
+    def set_prior(self, path: str) -> None:
+        """Selects a prior folder ("" for none; the shipped one, or another that gets its own entry)."""
+        i = self.prior.findData(path)
+        if i < 0:
+            self.prior.insertItem(self.prior.count() - 1, f"Prior: {Path(path).name}", path)
+            i = self.prior.findData(path)
+        self.prior.setCurrentIndex(i)
+        self.prior_mode.setEnabled(bool(path))
+
+    @property
+    def prior_path(self) -> str | None:
+        return self.prior.currentData() or None
+
+    @property
+    def prior_mode_name(self) -> str:
+        return self.prior_mode.currentData()
+
     @property
     def device_name(self) -> str:
         return self.device.currentData()
@@ -288,6 +329,9 @@ class ControlPanel(QWidget):
         self.body.setCurrentText(s.get("body_model"))
         self.body_dir.setText(s.get("body_model_dir"))
         self.resolution.setValue(s.get("resolution"))
+        prior = s.get("prior")
+        self.set_prior(prior if not prior or Path(prior).is_dir() else "")
+        self.prior_mode.setCurrentIndex(max(self.prior_mode.findData(s.get("prior_mode")), 0))
         self._load_preset_values(s.overrides)
 
     def save(self) -> None:
@@ -299,6 +343,8 @@ class ControlPanel(QWidget):
         s.set("body_model", self.body.currentText())
         s.set("body_model_dir", self.body_dir.text())
         s.set("resolution", self.resolution.value())
+        s.set("prior", self.prior_path or "")
+        s.set("prior_mode", self.prior_mode_name)
         try:
             s.overrides = self.overrides()
         except UserError:
@@ -313,5 +359,6 @@ class ControlPanel(QWidget):
         self.resume_button.setEnabled(state in ("paused", "resumable"))
         self.stop_button.setEnabled(state in ("running", "paused"))
         self.cancel_button.setVisible(state == "busy")
-        for w in (self.open_button, self.new_button, self.preset, self.advanced):
+        for w in (self.open_button, self.new_button, self.preset, self.advanced, self.prior):
             w.setEnabled(state not in ("busy", "running"))
+        self.prior_mode.setEnabled(state not in ("busy", "running") and bool(self.prior_path))

@@ -19,6 +19,8 @@ DEFAULTS = {
     "body_model_dir": "",
     "resolution": 540,
     "overrides": "{}",
+    "prior": "",
+    "prior_mode": "refine",
     "recent": "[]",
     "last_dir": "",
 }

@@ -526,7 +526,9 @@ class MainWindow(QMainWindow):
                            mesh_every=self.mesh_every, mesh_resolution=self.mesh_resolution,
                            preview_frame=self.timeline.frame)
         root, device, body_dir = self.project.root, c.device_name, c.body_model_dir
-        r = JobRunner("refine", lambda tok: fit_job(root, cfg, budget, device, body_dir, tok), self)
+        prior, mode = c.prior_path, c.prior_mode_name
+        r = JobRunner("refine", lambda tok: fit_job(root, cfg, budget, device, body_dir, tok, prior=prior,
+                                                    prior_mode=mode), self)
         r.losses.connect(self._losses)
         r.progress.connect(self._progress)
         r.preview.connect(self._preview)

@@ -22,15 +22,22 @@ def exact_body_sdf(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray, 
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.core.Tensor(vertices.astype(np.float32)), o3d.core.Tensor(faces.astype(np.uint32)))
     pts = points.astype(np.float32)
-    inside = scene.compute_occupancy(o3d.core.Tensor(pts), nsamples=3).numpy() > 0.5
     if band is None:
+        inside = scene.compute_occupancy(o3d.core.Tensor(pts), nsamples=3).numpy() > 0.5
         dist = scene.compute_distance(o3d.core.Tensor(pts)).numpy()
     else:
-        d_v, _ = cKDTree(vertices).query(points, distance_upper_bound=band + 0.02)
-        near = np.isfinite(d_v)
-        dist = np.maximum(np.nan_to_num(d_v, posinf=band + 0.02), band).astype(np.float32)
+        # A point more than 32 cm from every vertex is outside (no part of a body is that thick), so the
+        # ray-parity test, the slow part, only runs nearer than that.
+        reach = max(band, 0.3) + 0.02
+        d_v, _ = cKDTree(vertices).query(points, distance_upper_bound=reach, workers=-1)
+        near = d_v < band + 0.02
+        dist = np.maximum(np.minimum(d_v, band + 0.02), band).astype(np.float32)
         if near.any():
             dist[near] = scene.compute_distance(o3d.core.Tensor(pts[near])).numpy()
+        maybe_inside = np.isfinite(d_v)
+        inside = np.zeros(len(pts), bool)
+        if maybe_inside.any():
+            inside[maybe_inside] = scene.compute_occupancy(o3d.core.Tensor(pts[maybe_inside]), nsamples=3).numpy() > 0.5
     return np.where(inside, -dist, dist).astype(np.float32)
 
 
