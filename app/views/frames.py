@@ -16,6 +16,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.views.elided import ElidedLabel
+
 VIEWS = ("input", "render", "normals", "opacity")
 
 
@@ -66,9 +68,12 @@ class ImageTile(QWidget):
         if self._pixmap is None:
             self.view.setPixmap(QPixmap())
             return
-        size = self.view.size()
-        self.view.setPixmap(self._pixmap.scaled(size, Qt.AspectRatioMode.KeepAspectRatio,
-                                                Qt.TransformationMode.SmoothTransformation))
+        # Scaled to the label's device pixels, not its logical size: sharp on high-DPI screens too.
+        dpr = self.view.devicePixelRatioF()
+        pm = self._pixmap.scaled(self.view.size() * dpr, Qt.AspectRatioMode.KeepAspectRatio,
+                                 Qt.TransformationMode.SmoothTransformation)
+        pm.setDevicePixelRatio(dpr)
+        self.view.setPixmap(pm)
 
 
 class FramePanel(QWidget):
@@ -87,8 +92,7 @@ class FramePanel(QWidget):
         self.render_button = QPushButton("Render this frame")
         self.render_button.setToolTip("Render the current frame with the latest checkpoint of the avatar")
         self.render_button.setEnabled(False)
-        self.info = QLabel("")
-        self.info.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # never widens the window
+        self.info = ElidedLabel("")  # never widens the window
         row.addWidget(QLabel("View"))
         row.addWidget(self.layout_mode)
         row.addWidget(self.render_button)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QSplitter, QVBoxLayout, QWidget
+
+from app.views.elided import ElidedLabel
 
 NOT_LOSSES = {"beta", "psnr_batch"}  # values of a Losses event that are not loss terms
 HELD_OUT_KEYS = {"psnr": "held-out frames", "m_psnr": "held-out, person only"}
@@ -14,7 +16,7 @@ COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f0
 
 
 class LossPlot(QWidget):
-    """One curve per loss term (total drawn thicker), log-scale toggle; below, the PSNR of each training
+    """One curve per loss term (total drawn thicker), log-scale toggle; beside it, the PSNR of each training
     batch and, every so often, of full renders of held-out frames."""
 
     def __init__(self, parent=None) -> None:
@@ -25,25 +27,37 @@ class LossPlot(QWidget):
         self.log_scale = QCheckBox("Log scale")
         self.log_scale.setChecked(True)
         self.log_scale.setToolTip("Logarithmic loss axis")
-        self.summary = QLabel("No steps yet.")
+        self.summary = ElidedLabel("No steps yet.")
+        self.summary.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         row.addWidget(self.log_scale)
-        row.addStretch(1)
-        row.addWidget(self.summary)
+        row.addWidget(self.summary, 1)
         lay.addLayout(row)
-        self.plot = pg.PlotWidget(background="w")
+        # Side by side: the panel below the views is wide and short, and both plots need their height. The
+        # loss terms' legend gets its own column right of the curves (inside, it would hide half of them).
+        legend = {"labelTextSize": "8pt", "labelTextColor": "#222"}
+        self.loss_area = pg.GraphicsLayoutWidget()
+        self.loss_area.setBackground("w")
+        self.plot = self.loss_area.addPlot(row=0, col=0)
         self.plot.setLabel("bottom", "step")
         self.plot.setLabel("left", "loss")
-        self.plot.addLegend(offset=(-10, 10), labelTextSize="8pt")
+        self.plot.getAxis("left").enableAutoSIPrefix(False)  # "(x0.001)" on a log axis only confuses
+        self.plot.legend = pg.LegendItem(frame=False, verSpacing=-6, **legend)  # PlotItem.plot(name=...) fills it
+        self.loss_area.addItem(self.plot.legend, row=0, col=1)
         self.plot.showGrid(x=True, y=True, alpha=0.2)
         self.psnr_plot = pg.PlotWidget(background="w")
+        self.psnr_plot.setLabel("bottom", "step")
         self.psnr_plot.setLabel("left", "PSNR dB")
-        self.psnr_plot.addLegend(offset=(-10, 2), labelTextSize="7pt", colCount=3)  # one row: the plot is short
+        # Top left: the curves start low and rise, so that corner stays free.
+        self.psnr_plot.addLegend(offset=(5, 5), brush=(255, 255, 255, 210), pen=(200, 200, 200), **legend)
         self.set_held_out_frames([], 0)
         self.psnr_plot.setXLink(self.plot)
-        self.psnr_plot.setMaximumHeight(170)
         self.psnr_plot.showGrid(x=True, y=True, alpha=0.2)
-        lay.addWidget(self.plot, 3)
-        lay.addWidget(self.psnr_plot, 1)
+        plots = QSplitter(Qt.Orientation.Horizontal)
+        plots.addWidget(self.loss_area)
+        plots.addWidget(self.psnr_plot)
+        plots.setStretchFactor(0, 3)
+        plots.setStretchFactor(1, 2)
+        lay.addWidget(plots, 1)
         self.log_scale.toggled.connect(lambda on: self.plot.setLogMode(y=on))
         self.plot.setLogMode(y=True)
         self.clear()

@@ -10,7 +10,9 @@ import numpy as np
 import pyqtgraph.opengl as gl
 from pyqtgraph.opengl import shaders
 from PySide6.QtCore import QTimer, Signal
-from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
+
+from app.views.elided import ElidedLabel
 
 # pyqtgraph's "shaded" program lights from behind the viewer's back (light (1, -1, -1) in eye space),
 # which leaves a front-facing person dark; this one is a headlight slightly above and to the right.
@@ -69,8 +71,7 @@ class MeshView(QWidget):
         self.turn_button = QPushButton("Turntable")
         self.turn_button.setCheckable(True)
         self.turn_button.setToolTip("Rotate the view around the avatar")
-        self.info = QLabel("no mesh yet")
-        self.info.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # never widens the window
+        self.info = ElidedLabel("no mesh yet")  # never widens the window
         for w in (self.mode, self.shading, self.reset_button, self.turn_button):
             row.addWidget(w)
         row.addWidget(self.info, 1)
