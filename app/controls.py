@@ -141,7 +141,7 @@ class ControlPanel(QWidget):
         self.prior_mode.addItem("Refine everything", "refine")
         self.prior_mode.addItem("Inference (fields fixed)", "inference")
         self.prior_mode.setToolTip("Refine: train the prior's fields further on this video. Inference: keep them "
-                                   "fixed and fit only background, density and body (fast; a first look).")
+                                   "fixed and fit only the video code, background, density and body (fast; a first look).")
         f.addRow("Prior mode", self.prior_mode)
         self.prior.currentIndexChanged.connect(lambda _: self.prior_mode.setEnabled(bool(self.prior_path)))
         lay.addWidget(g)

@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start a new fit from a prior made by `prior train` (`shipped`: the one in resources/prior)")
     f.add_argument("--mode", choices=("refine", "inference"), default="refine",
                    help="with --prior: refine everything (default), or inference: keep the prior's human fields "
-                   "fixed and fit only background, density and body")
+                   "fixed and fit only the video code, background, density and body")
     f.set_defaults(func=_cmd_fit)
 
     pr = sub.add_parser("prior", help="learn across videos: train a prior of the human fields",
@@ -326,8 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     prs = pr.add_subparsers(dest="prior_command", metavar="SUBCOMMAND", required=True)
     t = prs.add_parser("train", help="train (or resume) a prior over projects",
                        description="Visits the projects in rounds with equal budgets; shared human fields, per-video "
-                       "background, density and pose refinements. Run it again to resume after a stop. Under torchrun "
-                       "each process trains different videos and the shared weights are averaged after every visit.",
+                       "code, background, density and pose refinements. Run it again to resume after a stop. Under "
+                       "torchrun each process trains different videos and the shared weights are averaged after every visit.",
                        epilog="Two processes on one machine: torchrun --standalone --nproc-per-node 2 main.py prior "
                        "train A B C D --out PRIOR (see README for several machines).")
     t.add_argument("projects", metavar="PROJECT_DIR", nargs="+", help="preprocessed or synthetic projects")

@@ -30,7 +30,8 @@ SHIPPED_PRIOR = Path(__file__).resolve().parents[2] / "resources" / "prior"
 # table serves people of any size); background, density scale and pose refinements are per video.
 SHARED_PREFIXES = ("sdf.grid.table", "sdf.net.", "sdf.layers.", "color.", "encoder.")
 # Settings that change the shapes or meaning of the shared weights.
-ARCHITECTURE = ("sdf", "hash_levels", "hash_log2_table", "hash_max_res", "mlp_width", "mlp_depth", "geometry_encoder")
+ARCHITECTURE = ("sdf", "hash_levels", "hash_log2_table", "hash_max_res", "mlp_width", "mlp_depth", "geometry_encoder",
+                "video_code_dim")
 
 
 def is_shared(name: str) -> bool:
@@ -66,11 +67,9 @@ class Prior:
         if body_model != self.body_model:
             raise UserError(f"the prior {self.path} was trained with body model {self.body_model!r}; "
                             f"this project uses {body_model!r}.")
-        diff = [f"{k}={getattr(self.config, k)} (this run: {getattr(cfg, k)})" for k in ARCHITECTURE
-                if getattr(self.config, k) != getattr(cfg, k)]
-        if diff:
-            raise UserError(f"the prior {self.path} was trained with other field settings: {', '.join(diff)}; "
-                            f"use preset {self.config.preset!r}.")
+        if cfg.sdf != self.config.sdf:
+            raise UserError(f"the prior {self.path} was trained with the {self.config.sdf} SDF (preset "
+                            f"{self.config.preset!r}); this run uses the {cfg.sdf} SDF (preset {cfg.preset!r}).")
 
     def apply(self, avatar: nn.Module) -> None:
         """Copies the shared weights into a freshly built avatar (and the prior's density scale)."""
@@ -84,13 +83,18 @@ class Prior:
                                     f"{tuple(self.state[name].shape)} vs {tuple(p.shape)}).")
                 p.copy_(self.state[name].to(p.device, p.dtype))
             avatar.log_beta.fill_(self.log_beta)
+            code = getattr(avatar.sdf, "code", None)
+            if code is not None and "video_code" in self.info:  # a new video starts at the mean code
+                code.copy_(torch.as_tensor(self.info["video_code"], dtype=code.dtype))
 
     def fit_config(self, cfg: RefineConfig, mode: str) -> RefineConfig:
-        """The configuration of a fit that starts from this prior: all hash levels from the start
-        (coarse-to-fine would hide the prior's detail); `inference` keeps the shared fields fixed."""
+        """The configuration of a fit that starts from this prior: the prior's field settings, all hash
+        levels from the start (coarse-to-fine would hide the prior's detail); `inference` keeps the shared
+        fields fixed."""
         if mode not in ("refine", "inference"):
             raise UserError(f"--mode must be refine or inference (got {mode!r}).")
-        return replace(cfg, coarse_to_fine=0.0, freeze_shared=(mode == "inference"))
+        arch = {k: getattr(self.config, k) for k in ARCHITECTURE}
+        return replace(cfg, **arch, coarse_to_fine=0.0, freeze_shared=(mode == "inference"))
 
 
 def save_prior(out_dir: str | Path, shared: dict[str, torch.Tensor], cfg: RefineConfig, body_model: str,

@@ -71,6 +71,8 @@ class PriorConfig:
     """Morphing loss: v1 (sum of displacement norms) or v2 (mean)."""
     w_morph: float = 0.01
     """Weight of the morphing loss."""
+    video_code_dim: int = 16
+    """Size of each video's latent code (0: none; the shared fields must then fit every video alike)."""
 
     def validate(self) -> None:
         if self.rounds < 1:
@@ -199,7 +201,8 @@ def prior_train_job(project_dirs: list[str | Path], out_dir: str | Path, config:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder.")
     cfg = load_preset(config.preset, seed=config.seed, geometry_encoder=config.geometry_encoder,
-                      morph_factor=config.morph_factor, morph_loss=config.morph_loss, w_morph=config.w_morph)
+                      morph_factor=config.morph_factor, morph_loss=config.morph_loss, w_morph=config.w_morph,
+                      video_code_dim=config.video_code_dim)
     # What a resumed run must share with the saved one (rounds, visit budgets and evaluation may change).
     cfg_dict = {"refine": cfg.to_dict()}
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
@@ -299,7 +302,9 @@ def prior_train_job(project_dirs: list[str | Path], out_dir: str | Path, config:
             stats = {"rank": rank, "rows": rows, "compute_s": compute_s, "sync_s": sync_s, "steps": steps_round,
                      "run_steps": done_steps, "run_compute_s": round(compute_total, 2),
                      "run_sync_s": round(sync_total, 2),
-                     "log_beta": [float(v.session.avatar.log_beta.detach()) for v in videos], "digest": digest(shared)}
+                     "log_beta": [float(v.session.avatar.log_beta.detach()) for v in videos], "digest": digest(shared),
+                     "codes": [v.session.avatar.sdf.code.detach().tolist() for v in videos
+                               if getattr(v.session.avatar.sdf, "code", None) is not None]}
             everyone = distributed.gather(stats)
             last_stats = [{k: v for k, v in st.items() if k != "rows"} for st in everyone]
             if rank == 0:
@@ -396,10 +401,12 @@ def _round_report(rnd: int, rounds: int, everyone: list[dict], rows: list[dict])
 def _write_outputs(out: Path, shared: dict, shared_opt, cfg, cfg_dict, keys, body_model, rounds_done, everyone,
                    history, steps_round) -> None:
     log_beta = float(np.median([b for s in everyone for b in s["log_beta"]]))
+    codes = [c for s in everyone for c in s["codes"]]
+    extra = {"video_code": np.mean(codes, 0).tolist()} if codes else {}
     total_steps = sum(r["steps"] for r in history)
 
     save_prior(out, shared, cfg, body_model, {"videos": keys, "rounds": rounds_done, "steps": total_steps,
-                                              "log_beta": log_beta})
+                                              "log_beta": log_beta, **extra})
     _save_torch(out / TRAINING_DIR / "state.pt", {
         "format": STATE_FORMAT, "version": STATE_VERSION, "round": rounds_done, "videos": keys, "config": cfg_dict,
         "shared": {n: p.detach().cpu().clone() for n, p in shared.items()},

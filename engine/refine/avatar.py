@@ -26,12 +26,18 @@ class HashSDF(nn.Module):
         hcfg = HashGridConfig(levels=cfg.hash_levels, log2_table_size=cfg.hash_log2_table,
                               max_resolution=cfg.hash_max_res)
         self.grid = HashGrid(hcfg, body_grid.lo, body_grid.hi)
-        self.net = TinyMLP(hcfg.levels * hcfg.features_per_level, 64, 1, 1 + FEATURES, last_zero_init=True)
+        d = cfg.video_code_dim
+        self.net = TinyMLP(hcfg.levels * hcfg.features_per_level + d, 64, 1, 1 + FEATURES, last_zero_init=True)
+        # This video's latent code (per video; the networks reading it are what a prior shares).
+        self.code = nn.Parameter(torch.zeros(d)) if d else None
         self.feature_dim = FEATURES
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[P, 3] canonical → SDF [P], features [P, F]."""
-        out = self.net(self.grid(x))
+        """[P, 3] canonical → SDF [P], features [P, F] (they also carry the video code to the colour field)."""
+        h = self.grid(x)
+        if self.code is not None:
+            h = torch.cat([h, self.code.expand(len(h), -1)], -1)
+        out = self.net(h)
         return self.body(x) + out[:, 0], out[:, 1:]
 
     def body_sdf(self, x: torch.Tensor) -> torch.Tensor:

@@ -84,6 +84,9 @@ class RefineConfig:
     """Fraction of the steps over which hash levels are unlocked (0: all from the start)."""
     seed: int = 0
     """Random seed."""
+    video_code_dim: int = 0
+    """Size of a per-video latent code read by the SDF residual network (and through its features the
+    colour field): with one, a prior's shared fields can describe many people (priors use 16)."""
     geometry_encoder: bool = False
     """Seed thesis option: a small U-Net encodes the frame; pixel-aligned features and the canonical point
     predict a displacement of the canonical point (x' = x_c + morph_factor * displacement)."""
@@ -94,8 +97,8 @@ class RefineConfig:
     w_morph: float = 0.01
     """Weight of the morphing loss."""
     freeze_shared: bool = False
-    """Keep the human fields (SDF and colour) fixed: only the background, density scale and body are fitted
-    (`fit --prior DIR --mode inference`)."""
+    """Keep the human fields (SDF and colour) fixed: only the video code, background, density scale and
+    body are fitted (`fit --prior DIR --mode inference`)."""
 
     def validate(self) -> None:
         if self.sdf not in ("hash", "mlp"):
@@ -106,6 +109,8 @@ class RefineConfig:
             raise UserError(f"--incremental must be none, linear or squared (got {self.incremental!r}).")
         if self.time_consistency not in ("none", "displacement", "sdf"):
             raise UserError(f"--time-consistency must be none, displacement or sdf (got {self.time_consistency!r}).")
+        if self.video_code_dim < 0 or (self.video_code_dim and self.sdf != "hash"):
+            raise UserError("video_code_dim must be 0, or positive with the hash SDF (fast preset).")
         if self.morph_loss not in ("v1", "v2"):
             raise UserError(f"--morph-loss must be v1 or v2 (got {self.morph_loss!r}).")
         if not 0 <= self.morph_factor <= 1:

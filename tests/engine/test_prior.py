@@ -124,6 +124,8 @@ def test_fit_from_prior_in_inference_and_refine_modes(trained, small_scene, tmp_
         assert torch.equal(ck["model"][name], value), name
     start_bg = torch.logit(torch.as_tensor(median_background(Project.open(proj), list(range(10)))).clamp(1e-3, 1 - 1e-3))
     assert (ck["model"]["background"] - start_bg).abs().max() > 1e-3  # the per-video parts were fitted
+    mean_code = torch.tensor(prior.info["video_code"])
+    assert ck["model"]["sdf.code"].shape == (16,) and not torch.allclose(ck["model"]["sdf.code"], mean_code)
 
     shutil.rmtree(checkpoint_path(proj).parent)
     start = dict(open_session(proj, prior=out).avatar.named_parameters())
