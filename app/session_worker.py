@@ -4,7 +4,9 @@ Posing a mesh into a frame, rendering a frame and counting the triangles of an e
 calls on a session (`posed_mesh`, `Session.render_frame`, `canonical_mesh`); they take from a tenth of
 a second to seconds, so they run here, one at a time, newest request of each kind first (a slider
 dragged over 20 frames asks for 20 poses; only the last one still matters). Scoring the held-out frames
-while a run trains loads each newer checkpoint into the session first, so it comes last.
+while a run trains loads each newer checkpoint into the session first, so it comes last; during a run it is
+also paced, so that scoring keeps this thread busy at most `score_duty` of the time (on a 2-core machine it
+shares a core with the window while training has the other).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class SessionWorker(QThread):
     failed = Signal(str, str)
 
     ORDER = ("open", "pose", "canonical", "count", "render", "score")  # what is served first
+    score_duty = 0.1  # paced scoring: at most this fraction of the time (a scoring of s seconds, then 9 s idle)
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -65,6 +68,7 @@ class SessionWorker(QThread):
         self._meshes: dict[int, object] = {}  # export resolution → canonical Mesh (for counts)
         self._open_args: tuple = ()
         self._scored: tuple = ()  # (project, step) scored last: a re-opened session is not scored twice
+        self._score_ready_at = 0.0  # monotonic time before which a paced scoring waits
         LIVE_RUNNERS.add(self)
 
     # ---- GUI thread -------------------------------------------------------------------------
@@ -87,15 +91,27 @@ class SessionWorker(QThread):
         return self._session is not None
 
     # ---- worker thread ----------------------------------------------------------------------
+    def _next_kind(self) -> str | None:
+        """The request to serve now (with the lock held); a paced scoring waits for its time."""
+        for k in self.ORDER:
+            if k in self._pending:
+                if k == "score" and self._pending[k][1] and time.monotonic() < self._score_ready_at:
+                    continue
+                return k
+        return None
+
     def run(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._stop:
-                    self._cond.wait()
-                if self._stop:
-                    self._session = None
-                    return
-                kind = next(k for k in self.ORDER if k in self._pending)
+                while True:
+                    if self._stop:
+                        self._session = None
+                        return
+                    kind = self._next_kind()
+                    if kind is not None:
+                        break
+                    wait = None if "score" not in self._pending else max(0.01, self._score_ready_at - time.monotonic())
+                    self._cond.wait(wait)
                 args = self._pending.pop(kind)
             try:
                 getattr(self, f"_do_{kind}")(*args)
@@ -149,7 +165,7 @@ class SessionWorker(QThread):
             self._meshes = {resolution: canonical_mesh(self._session, ExportConfig(resolution=resolution))}
         self.counted.emit(resolution, faces, count_faces_after(self._meshes[resolution], faces))
 
-    def _do_score(self, frames: list[int]) -> None:
+    def _do_score(self, frames: list[int], paced: bool = False) -> None:
         from engine.evaluation import live_scores
         from engine.refine.session import open_session
 
@@ -169,4 +185,6 @@ class SessionWorker(QThread):
             return
         scores = live_scores(s, frames)
         self._scored = key
-        self.scored.emit(s.step, scores, time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        self._score_ready_at = time.monotonic() + took * (1 / self.score_duty - 1)
+        self.scored.emit(s.step, scores, took)

@@ -89,12 +89,10 @@ class MainWindow(QMainWindow):
         self.mesh_resolution = 96
         self.checkpoint_every = 50
         # Held-out PSNR while training: at most every this many steps (at a preview, when the checkpoint of
-        # that step exists), and see _score_held_out for the time cap.
+        # that step exists), and the session worker paces it further (SessionWorker.score_duty).
         self.heldout_every = 100
         self.heldout_frames: list[int] = []
         self._heldout_next = 0
-        self._heldout_t = -1e9
-        self._heldout_cost = 0.0  # s the last scoring took
 
         self.setWindowTitle("Avatar Studio")
         self.setAcceptDrops(True)
@@ -608,19 +606,17 @@ class MainWindow(QMainWindow):
 
     def _score_held_out(self, step: int | None = None) -> None:
         """Asks the session worker to score the held-out frames on the newest checkpoint. During a run
-        (`step` given) at most every `heldout_every` steps, and keeping the worker busy at most a tenth of
-        the time: on a 2-core machine it shares a core with the window while training has the other."""
+        (`step` given) at most every `heldout_every` steps, paced by the worker so that it is busy scoring at
+        most a tenth of the time (one scoring at a time; a newer request replaces a waiting one)."""
         if not self.heldout_frames or not self.session_worker.has_session:
             return
         if step is not None:
-            if step < self._heldout_next or time.monotonic() - self._heldout_t < 9 * self._heldout_cost:
+            if step < self._heldout_next:
                 return
             self._heldout_next = step + self.heldout_every
-        self._heldout_t = time.monotonic()
-        self.session_worker.request("score", self.heldout_frames)
+        self.session_worker.request("score", self.heldout_frames, step is not None)
 
     def _held_out_scored(self, step: int, scores: dict, seconds: float) -> None:
-        self._heldout_cost = seconds
         self.losses.add_held_out(step, scores)
         log.debug("held-out frames %s at step %d: %s (%.2f s)", self.heldout_frames, step, scores, seconds)
 

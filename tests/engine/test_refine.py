@@ -17,8 +17,9 @@ import torch
 import trimesh
 
 from engine.errors import UserError
-from engine.evaluation import EvalConfig, evaluate_job
+from engine.evaluation import EvalConfig, evaluate_job, live_frames, live_scores, render_rgb_grid
 from engine.jobs import Cancelled, CancelToken, Losses, MeshReady, Preview, run_job
+from engine.metrics import m_psnr, psnr
 from engine.refine.checkpoint import checkpoint_path
 from engine.refine.config import load_preset
 from engine.refine.export import ExportConfig, export_job
@@ -102,6 +103,32 @@ def test_shell_sampler_agrees_with_dense_sampling(fitted):
     both = (fast.opacity > 0.9) & (ref.opacity > 0.9)
     assert both.sum() > 50
     assert (fast.rgb[both] - ref.rgb[both]).abs().mean() < 0.03
+
+
+def test_live_scores_match_scoring_full_renders(fitted):
+    """The app's live held-out score renders colour only, on a stride grid; its twin scores the full image of
+    `Session.render_frame`. Stride 1 draws the very same rays (the sampler's jitter seeded alike); stride 2, a
+    quarter of them, estimates the same PSNR."""
+    s = open_session(fitted[0], require_checkpoint=True)
+    frames = live_frames(s.project)
+    assert frames == [4, 9]
+    torch.manual_seed(0)
+    full = {i: s.render_frame(i)["rgb"] for i in frames}
+    torch.manual_seed(0)
+    grid, ys, xs = render_rgb_grid(s, frames[0], stride=1)
+    assert len(ys) == s.cameras[0].height and len(xs) == s.cameras[0].width
+    np.testing.assert_allclose(grid, full[frames[0]], atol=1e-6)
+
+    def score(rgb: dict) -> dict:
+        rows = [(psnr(rgb[i], s.project.frame(i)), m_psnr(rgb[i], s.project.frame(i), s.project.mask(i)))
+                for i in frames]
+        return dict(zip(("psnr", "m_psnr"), np.mean(rows, 0)))
+
+    ref = score(full)
+    live = live_scores(s, frames)  # stride 2
+    assert set(live) == {"psnr", "m_psnr"} and ref["m_psnr"] < ref["psnr"]
+    for k in live:
+        assert abs(live[k] - ref[k]) < 0.4, (k, live[k], ref[k])
 
 
 def test_finite_difference_normals_match_autograd(fitted):
