@@ -3,6 +3,7 @@ that no test leaves a thread running."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -89,6 +90,9 @@ def window(qapp, tmp_path):
     from app.settings import Settings
     from app.window import MainWindow
 
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)  # as main.py configures logging: the Log tab shows INFO records
     settings = Settings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
     w = MainWindow(settings, user_dir=tmp_path / "user")
     w.assume_yes = True
@@ -98,6 +102,7 @@ def window(qapp, tmp_path):
     yield w
     w.close()
     qapp.processEvents()
+    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)

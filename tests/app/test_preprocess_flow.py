@@ -6,8 +6,6 @@ Anny body is fitted, and the app's own preprocess job runs in its QThread."""
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 from PIL import Image
 from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QTimer, QUrl
@@ -36,8 +34,7 @@ def _answer_folder_dialog(app, folder, answered: list) -> None:
     dlg.accept()
 
 
-def test_new_project_from_dropped_video(window, qapp, tmp_path, caplog):
-    caplog.set_level(logging.INFO)  # as `main.py` configures logging: the Log tab shows INFO records
+def test_new_project_from_dropped_video(window, qapp, tmp_path):
     w = window
     scene = tmp_path / "clip"
     run_job(synth_job(CLIP, scene))
