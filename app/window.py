@@ -607,7 +607,7 @@ class MainWindow(QMainWindow):
     def _score_held_out(self, step: int | None = None) -> None:
         """Asks the session worker to score the held-out frames on the newest checkpoint. During a run
         (`step` given) at most every `heldout_every` steps, paced by the worker so that it is busy scoring at
-        most a tenth of the time (one scoring at a time; a newer request replaces a waiting one)."""
+        most a fifth of the time (one scoring at a time; a newer request replaces a waiting one)."""
         if not self.heldout_frames or not self.session_worker.has_session:
             return
         if step is not None:
