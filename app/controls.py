@@ -139,9 +139,10 @@ class ControlPanel(QWidget):
         f.addRow("Start from", self.prior)
         self.prior_mode = QComboBox()
         self.prior_mode.addItem("Refine everything", "refine")
-        self.prior_mode.addItem("Inference (fields fixed)", "inference")
-        self.prior_mode.setToolTip("Refine: train the prior's fields further on this video. Inference: keep them "
-                                   "fixed and fit only the video code, background, density and body (fast; a first look).")
+        self.prior_mode.addItem("Inference (shape fixed)", "inference")
+        self.prior_mode.setToolTip("Refine: train the prior's fields further on this video. Inference: keep the "
+                                   "prior's shape fixed and fit only this video's code, colour, background, density and "
+                                   "body (a first look).")
         f.addRow("Prior mode", self.prior_mode)
         self.prior.currentIndexChanged.connect(lambda _: self.prior_mode.setEnabled(bool(self.prior_path)))
         lay.addWidget(g)

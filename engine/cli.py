@@ -177,7 +177,7 @@ def _cmd_prior_train(args: argparse.Namespace) -> int:
     if rank:
         logging.getLogger().handlers[0].setFormatter(logging.Formatter(f"[rank {rank}] %(message)s"))
     cfg = PriorConfig(rounds=args.rounds, visit_steps=args.visit_steps, visit_seconds=args.visit_seconds or 0.0,
-                      eval_every=args.eval_every, preset=args.preset, seed=args.seed,
+                      eval_every=args.eval_every, preset=args.preset, seed=args.seed, shares=args.shares,
                       **{k: v for k, v in _encoder_overrides(args).items() if v is not None})
     r = drive(prior_train_job(args.projects, args.out, cfg, device=args.device, body_model_dir=args.body_model_dir,
                               restart=args.restart, cancel=args.cancel), args.quiet or rank > 0)
@@ -321,8 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=_cmd_fit)
 
     pr = sub.add_parser("prior", help="learn across videos: train a prior of the human fields",
-                        description="A prior is the canonical human fields (SDF residual and colour) trained over many "
-                        "videos; `fit --prior` starts new videos from it.")
+                        description="A prior is the canonical human fields (the SDF residual, and optionally the colour "
+                        "field) trained over many videos; `fit --prior` starts new videos from it.")
     prs = pr.add_subparsers(dest="prior_command", metavar="SUBCOMMAND", required=True)
     t = prs.add_parser("train", help="train (or resume) a prior over projects",
                        description="Visits the projects in rounds with equal budgets; shared human fields, per-video "
@@ -338,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=int, default=1, help="rounds between held-out scores (default 1; 0: never)")
     t.add_argument("--preset", choices=("fast", "vid2avatar"), default="fast", help="fields and losses (default fast)")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--shares", choices=("geometry", "all"), default="geometry",
+                   help="what the videos share: geometry (default; each video fits its own colour) or all (colour too)")
     t.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute device (default cpu)")
     t.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
     _add_encoder_args(t)

@@ -19,28 +19,30 @@ from engine.project import atomic
 from engine.refine.config import RefineConfig
 
 FORMAT = "avatar-prior"
-VERSION = 1
+VERSION = 2  # 2: what is shared is a setting (prior_shares); version 1 always shared the colour field
 PRIOR_FILE = "prior.pt"
 INFO_FILE = "prior.json"
 SHIPPED_PRIOR = Path(__file__).resolve().parents[2] / "resources" / "prior"
 
-# What is shared across videos: the canonical SDF residual, the colour field and the optional geometry
-# encoder. The body SDF grid
-# and the hash grid's box are per video (the residual lives in each body's normalised box, so one
-# table serves people of any size); background, density scale and pose refinements are per video.
-SHARED_PREFIXES = ("sdf.grid.table", "sdf.net.", "sdf.layers.", "color.", "encoder.")
+# What is shared across videos: the canonical SDF residual and the optional geometry encoder, and with
+# prior_shares="all" the colour field. The body SDF grid and the hash grid's box are per video (the residual
+# lives in each body's normalised box, so one table serves people of any size); the video code, background,
+# density scale and pose refinements are per video.
+GEOMETRY_PREFIXES = ("sdf.grid.table", "sdf.net.", "sdf.layers.", "encoder.")
+COLOR_PREFIXES = ("color.",)
 # Settings that change the shapes or meaning of the shared weights.
 ARCHITECTURE = ("sdf", "hash_levels", "hash_log2_table", "hash_max_res", "mlp_width", "mlp_depth", "geometry_encoder",
-                "video_code_dim")
+                "video_code_dim", "prior_shares")
 
 
-def is_shared(name: str) -> bool:
-    return name.startswith(SHARED_PREFIXES)
+def is_shared(name: str, shares: str) -> bool:
+    """Whether an avatar parameter is shared by a prior that shares `shares` (geometry or all)."""
+    return name.startswith(GEOMETRY_PREFIXES + (COLOR_PREFIXES if shares == "all" else ()))
 
 
 def shared_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
-    """Name → parameter of the shared fields of an avatar."""
-    return {n: p for n, p in module.named_parameters() if is_shared(n)}
+    """Name → parameter of the shared fields of an avatar (what its config's prior_shares names)."""
+    return {n: p for n, p in module.named_parameters() if is_shared(n, module.cfg.prior_shares)}
 
 
 def tie_shared(avatars: list[nn.Module]) -> None:

@@ -73,6 +73,8 @@ class PriorConfig:
     """Weight of the morphing loss."""
     video_code_dim: int = 16
     """Size of each video's latent code (0: none; the shared fields must then fit every video alike)."""
+    shares: str = "geometry"
+    """What the prior shares: geometry (each video keeps its own colour field) or all (colour too)."""
 
     def validate(self) -> None:
         if self.rounds < 1:
@@ -202,7 +204,7 @@ def prior_train_job(project_dirs: list[str | Path], out_dir: str | Path, config:
         raise UserError(f"--out {out} exists and is not a folder.")
     cfg = load_preset(config.preset, seed=config.seed, geometry_encoder=config.geometry_encoder,
                       morph_factor=config.morph_factor, morph_loss=config.morph_loss, w_morph=config.w_morph,
-                      video_code_dim=config.video_code_dim)
+                      video_code_dim=config.video_code_dim, prior_shares=config.shares)
     # What a resumed run must share with the saved one (rounds, visit budgets and evaluation may change).
     cfg_dict = {"refine": cfg.to_dict()}
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
@@ -247,7 +249,7 @@ def prior_train_job(project_dirs: list[str | Path], out_dir: str | Path, config:
     videos = []
     for i, s in zip(mine, sessions):
         own = [p for n, p in s.avatar.named_parameters()
-               if p.requires_grad and not is_shared(n) and not n.startswith(("pose_delta", "transl_delta"))]
+               if p.requires_grad and not is_shared(n, cfg.prior_shares) and not n.startswith(("pose_delta", "transl_delta"))]
         own = Optimizers.for_avatar(s.avatar, cfg, own)
         own_opt, body_opt = own.fields, own.body
         train = s.project.train_frames
@@ -378,7 +380,7 @@ def _visit(v: _Video, config: PriorConfig, base_lrs: list[float], rnd: int, canc
 def _save_video(path: Path, v: _Video, rnd: int) -> None:
     # The body SDF grid is rebuilt from the project when the video is opened; the rest is what training changed.
     model = {k: t.detach().cpu() for k, t in v.session.avatar.state_dict().items()
-             if not is_shared(k) and not k.startswith("sdf.body.")}
+             if not is_shared(k, v.session.cfg.prior_shares) and not k.startswith("sdf.body.")}
     _save_torch(path, {"format": STATE_FORMAT, "version": STATE_VERSION, "video": v.key, "round": rnd + 1,
                        "step": v.session.step, "model": model, "own_optimizer": v.opt.field_opts[1].state_dict(),
                        "body_optimizer": v.opt.body.state_dict() if v.opt.body else None})

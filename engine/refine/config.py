@@ -96,9 +96,12 @@ class RefineConfig:
     """Morphing loss on the displacements: v1 (sum of their norms) or v2 (mean)."""
     w_morph: float = 0.01
     """Weight of the morphing loss."""
+    prior_shares: str = "geometry"
+    """What a prior shares across videos: geometry (SDF residual and geometry encoder; every video fits
+    its own colour field) or all (the colour field too)."""
     freeze_shared: bool = False
-    """Keep the human fields (SDF and colour) fixed: only the video code, background, density scale and
-    body are fitted (`fit --prior DIR --mode inference`)."""
+    """Keep a prior's shared fields fixed: only the per-video parts (code, colour unless shared,
+    background, density scale, body) are fitted (`fit --prior DIR --mode inference`)."""
 
     def validate(self) -> None:
         if self.sdf not in ("hash", "mlp"):
@@ -111,6 +114,8 @@ class RefineConfig:
             raise UserError(f"--time-consistency must be none, displacement or sdf (got {self.time_consistency!r}).")
         if self.video_code_dim < 0 or (self.video_code_dim and self.sdf != "hash"):
             raise UserError("video_code_dim must be 0, or positive with the hash SDF (fast preset).")
+        if self.prior_shares not in ("geometry", "all"):
+            raise UserError(f"--shares must be geometry or all (got {self.prior_shares!r}).")
         if self.morph_loss not in ("v1", "v2"):
             raise UserError(f"--morph-loss must be v1 or v2 (got {self.morph_loss!r}).")
         if not 0 <= self.morph_factor <= 1:

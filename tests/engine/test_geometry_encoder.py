@@ -41,4 +41,4 @@ def test_fit_with_geometry_encoder_trains_it_with_the_morphing_loss(small_scene,
     r = s.render_frame(s.project.held_out[0])
     assert np.isfinite(r["rgb"]).all() and r["opacity"].max() > 0.5
     # It is part of the fields a prior shares.
-    assert all(is_shared(n) for n, _ in s.avatar.named_parameters() if n.startswith("encoder."))
+    assert all(is_shared(n, s.cfg.prior_shares) for n, _ in s.avatar.named_parameters() if n.startswith("encoder."))

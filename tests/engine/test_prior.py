@@ -117,9 +117,14 @@ def test_fit_from_prior_in_inference_and_refine_modes(trained, small_scene, tmp_
     meta.pop("ground_truth", None)
     (proj / "project.json").write_text(json.dumps(meta))
 
+    # The prior shares geometry only: each video fits its own colour field, in inference mode too.
+    assert prior.state and not any(n.startswith("color.") for n in prior.state)
+    color0 = {n: p.detach().clone() for n, p in open_session(proj, prior=out, prior_mode="inference")
+              .avatar.named_parameters() if n.startswith("color.")}
     run_job(fit_job(proj, load_preset("fast"), FitBudget(iters=4, preview_every=0), prior=out, prior_mode="inference"))
     ck = torch.load(checkpoint_path(proj), weights_only=True)
     assert ck["config"]["freeze_shared"]
+    assert any(not torch.equal(ck["model"][n], v) for n, v in color0.items())
     for name, value in prior.state.items():  # the human fields are the prior's, untouched
         assert torch.equal(ck["model"][name], value), name
     start_bg = torch.logit(torch.as_tensor(median_background(Project.open(proj), list(range(10)))).clamp(1e-3, 1 - 1e-3))
@@ -176,3 +181,19 @@ def test_bad_priors_and_projects_are_refused_before_work(trained, projects, tmp_
     # A training folder of other videos is not silently mixed in.
     with pytest.raises(UserError, match="other videos"):
         run_job(prior_train_job([projects[1], projects[0]], out, PriorConfig(rounds=3, visit_steps=1)))
+
+
+def test_a_prior_that_shares_colour_keeps_it_fixed_in_inference(projects, small_scene, tmp_path):
+    out = tmp_path / "all"
+    r = _cli("prior", "train", str(projects[0]), "--out", str(out), "--shares", "all", "--rounds", "1",
+             "--visit-steps", "2", "--eval-every", "0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    prior = load_prior(out)
+    assert prior.config.prior_shares == "all" and any(n.startswith("color.") for n in prior.state)
+    proj = tmp_path / "project"
+    shutil.copytree(small_scene / "project", proj)
+    run_job(fit_job(proj, load_preset("fast"), FitBudget(iters=2, preview_every=0), prior=out, prior_mode="inference"))
+    ck = torch.load(checkpoint_path(proj), weights_only=True)
+    assert ck["config"]["prior_shares"] == "all"
+    for name, value in prior.state.items():  # colour included
+        assert torch.equal(ck["model"][name], value), name
