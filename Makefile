@@ -56,12 +56,12 @@ package: $(STAMP)
 	@echo "Built dist/avatar-studio/ (run dist/avatar-studio/avatar-studio)"
 
 # The prior shipped in resources/prior: trained on synthetic scenes the engine generates (seeds 100+;
-# benchmark scenes use other seeds). About 25 minutes on a 2-core CPU.
+# benchmark scenes use other seeds). About 15 minutes on a quiet 2-core CPU.
 PRIOR_DATA ?= build/prior_data
 prior: $(STAMP)
 	$(PY) main.py prior synth $(PRIOR_DATA) --scenes 6 --frames 30 --size 256 --first-seed 100 --overwrite
-	$(PY) main.py prior train $(PRIOR_DATA)/scene_*/project --out resources/prior --rounds 12 --visit-steps 100 \
-		--eval-every 4 --restart
+	$(PY) main.py prior train $(PRIOR_DATA)/scene_*/project --out resources/prior --rounds 24 --visit-steps 50 \
+		--eval-every 6 --restart
 	rm -rf resources/prior/training
 
 clean:

@@ -1,7 +1,7 @@
 """Prior benchmark: scratch vs a prior at equal short budgets on held-out scenes, and training throughput.
 
     python -m benchmarks.prior [--prior resources/prior] [--budgets 0.5 1 2 5] [--scenes standard dress]
-                               [--json OUT.json]
+                               [--scratch-from EARLIER.json] [--json OUT.json]
     python -m benchmarks.prior --scaling [--json OUT.json]
 
 Quality: for every held-out scene (synthetic, seeds the shipped prior never saw) and budget, one fresh fit
@@ -65,20 +65,37 @@ def quality(args) -> dict:
         if not (scene / "project" / "project.json").exists():
             run_job(synth_job(SCENES[name], scene, overwrite=True))
         frames = tuple(Project.open(scene / "project").held_out[:: args.eval_every])
-        base = run_job(evaluate_job(scene / "project", EvalConfig(method="body_only", frames=frames,
-                                                                  mesh_resolution=128, mesh_samples=50_000)))
-        rows = [{"preset": "body-only", "minutes": 0, "iterations": 0,
-                 **{k: round(v, 4) for k, v in base["metrics"].items()}}]
+        old = _earlier_rows(args.scratch_from, name, SCENES[name], frames)
+        if old:  # scratch and body-only do not depend on the prior: reuse an earlier run's rows
+            rows = [r for r in old if r["preset"] == "body-only"]
+        else:
+            base = run_job(evaluate_job(scene / "project", EvalConfig(method="body_only", frames=frames,
+                                                                      mesh_resolution=128, mesh_samples=50_000)))
+            rows = [{"preset": "body-only", "minutes": 0, "iterations": 0,
+                     **{k: round(v, 4) for k, v in base["metrics"].items()}}]
         for minutes in args.inference_minutes:
             rows.append(_fit(scene, work, "prior-inference", minutes, frames, args.prior, "inference"))
         for minutes in args.budgets:
-            rows.append(_fit(scene, work, "scratch", minutes, frames, None, "refine"))
+            reused = [r for r in old if r["preset"] == "scratch" and r["minutes"] == minutes]
+            rows += [{**r, "reused_from": str(args.scratch_from)} for r in reused] or \
+                [_fit(scene, work, "scratch", minutes, frames, None, "refine")]
             rows.append(_fit(scene, work, "prior", minutes, frames, args.prior, "refine"))
             if args.json:  # partial results survive an interruption
                 Path(args.json).write_text(json.dumps(out | {"partial": {name: rows}}, indent=2))
         out["scenes"][name] = {"config": SCENES[name].__dict__, "eval_frames": list(frames), "runs": rows,
                                "time_to_quality": time_to_quality(rows)}
     return out
+
+
+def _earlier_rows(path: str | None, name: str, scene: SynthConfig, frames: tuple) -> list[dict]:
+    """Rows of an earlier result file for the same scene and frames (empty if none or not the same)."""
+    if not path:
+        return []
+    sc = json.loads(Path(path).read_text()).get("scenes", {}).get(name)
+    if not sc or sc["config"] != scene.__dict__ or tuple(sc["eval_frames"]) != frames:
+        log.warning("%s has no matching results for scene %s: running scratch again", path, name)
+        return []
+    return sc["runs"]
 
 
 def time_to_quality(rows: list[dict]) -> dict:
@@ -130,7 +147,7 @@ def _table(result: dict) -> str:
         lines += [f"scene {name}:", "| method | minutes | iterations | " + " | ".join(QUALITY) + " |",
                   "|---|---|---|" + "---|" * len(QUALITY)]
         for r in sc["runs"]:
-            lines.append(f"| {r['preset']} | {r['minutes']:g} | {r['iterations']} | "
+            lines.append(f"| {r['preset']}{' (reused)' if 'reused_from' in r else ''} | {r['minutes']:g} | {r['iterations']} | "
                          + " | ".join(f"{r.get(k, float('nan')):.3f}" for k in QUALITY) + " |")
         lines.append(f"time to quality: {sc['time_to_quality']}")
     for r in result.get("scaling", []):
@@ -146,6 +163,9 @@ def main() -> None:
     ap.add_argument("--inference-minutes", type=float, nargs="*", default=[1], help="budgets of --mode inference")
     ap.add_argument("--scenes", nargs="+", default=["standard"], choices=sorted(SCENES))
     ap.add_argument("--eval-every", type=int, default=4, help="score every k-th held-out frame (default 4: 3 of 12)")
+    ap.add_argument("--scratch-from", metavar="JSON",
+                    help="reuse the body-only and scratch rows of an earlier result file (same scenes and frames); "
+                         "they do not depend on the prior")
     ap.add_argument("--scaling", action="store_true", help="measure training throughput with 1 and 2 processes")
     ap.add_argument("--scaling-rounds", type=int, default=3)
     ap.add_argument("--work", default="out/bench_prior", help="scratch folder")

@@ -44,17 +44,20 @@ class LossPlot(QWidget):
         self.plot.legend = pg.LegendItem(frame=False, verSpacing=-6, **legend)  # PlotItem.plot(name=...) fills it
         self.loss_area.addItem(self.plot.legend, row=0, col=1)
         self.plot.showGrid(x=True, y=True, alpha=0.2)
-        self.psnr_plot = pg.PlotWidget(background="w")
+        # The PSNR legend is one row above its plot: inside, every corner hides some curve at some point.
+        self.psnr_area = pg.GraphicsLayoutWidget()
+        self.psnr_area.setBackground("w")
+        self.psnr_plot = self.psnr_area.addPlot(row=1, col=0)
         self.psnr_plot.setLabel("bottom", "step")
         self.psnr_plot.setLabel("left", "PSNR dB")
-        # Top left: the curves start low and rise, so that corner stays free.
-        self.psnr_plot.addLegend(offset=(5, 5), brush=(255, 255, 255, 210), pen=(200, 200, 200), **legend)
+        self.psnr_plot.legend = pg.LegendItem(frame=False, colCount=3, **legend)
+        self.psnr_area.addItem(self.psnr_plot.legend, row=0, col=0)
         self.set_held_out_frames([], 0)
         self.psnr_plot.setXLink(self.plot)
         self.psnr_plot.showGrid(x=True, y=True, alpha=0.2)
         plots = QSplitter(Qt.Orientation.Horizontal)
         plots.addWidget(self.loss_area)
-        plots.addWidget(self.psnr_plot)
+        plots.addWidget(self.psnr_area)
         plots.setStretchFactor(0, 3)
         plots.setStretchFactor(1, 2)
         lay.addWidget(plots, 1)
@@ -120,7 +123,7 @@ class LossPlot(QWidget):
     def set_held_out_frames(self, frames: list[int], every: int) -> None:
         """Names the held-out frames that are scored (and how often) in the PSNR plot's tooltip."""
         which = f"frame{'s' if len(frames) > 1 else ''} {', '.join(map(str, frames))}" if frames else "none"
-        self.psnr_plot.setToolTip(
+        self.psnr_area.setToolTip(
             "<b>training batch</b>: PSNR of the rays of one step, on the frames the avatar learns from.<br>"
             f"<b>held-out</b>: PSNR of full renders of held-out frames ({which}) the avatar never trains on, "
             f"from the latest checkpoint{f', about every {every} steps' if every else ''}; <i>person only</i> "

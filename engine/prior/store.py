@@ -6,7 +6,6 @@ A prior folder holds `prior.pt` (the shared weights and what they need to be use
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from engine.errors import UserError
+from engine.io import torchfile
 from engine.project import atomic
 from engine.refine.config import RefineConfig
 
@@ -105,12 +105,9 @@ def save_prior(out_dir: str | Path, shared: dict[str, torch.Tensor], cfg: Refine
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {n: p.detach().cpu().clone() for n, p in shared.items()}
-    info = {"format": FORMAT, "version": VERSION, "body_model": body_model, "preset": cfg.preset,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
-    buf = io.BytesIO()
-    torch.save({**info, "config": cfg.to_dict(), "state": state}, buf)
-    atomic.write_bytes(out / PRIOR_FILE, buf.getvalue())
-    atomic.write_json(out / INFO_FILE, info)
+    info = {"body_model": body_model, "preset": cfg.preset, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+    torchfile.save(out / PRIOR_FILE, FORMAT, VERSION, {**info, "config": cfg.to_dict(), "state": state})
+    atomic.write_json(out / INFO_FILE, {"format": FORMAT, "version": VERSION, **info})
     return out / PRIOR_FILE
 
 
@@ -125,15 +122,8 @@ def load_prior(path: str | Path) -> Prior:
         p = p / PRIOR_FILE
     if not p.is_file():
         raise UserError(f"no prior at {path} (expected a folder with {PRIOR_FILE}, made by `prior train`).")
-    try:
-        data = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets one message
-        raise UserError(f"prior {p} is unreadable ({e.__class__.__name__}).") from e
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise UserError(f"{p} is not an avatar prior.")
-    if data.get("version") != VERSION:
-        raise UserError(f"prior {p} is from another version (format {data.get('version')}, this version reads "
-                        f"{VERSION}); train it again with `prior train`.")
+    data = torchfile.load(p, FORMAT, VERSION, what="prior", kind="an avatar prior",
+                          remedy="train it again with `prior train`")
     info = {k: v for k, v in data.items() if k not in ("state", "config")}
     return Prior(p, data["state"], RefineConfig.from_dict(data["config"]), data["body_model"],
                  float(data["log_beta"]), info)

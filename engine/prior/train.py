@@ -13,7 +13,6 @@ run restarted with the same command continues from the last complete round.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -29,6 +28,7 @@ import torch
 
 from engine.errors import UserError
 from engine.evaluation import live_frames, live_scores
+from engine.io import torchfile
 from engine.jobs.events import CancelToken, Done, Event, Log, Progress
 from engine.prior import distributed
 from engine.prior.store import is_shared, save_prior, shared_parameters, tie_shared
@@ -156,19 +156,12 @@ def digest(shared: dict) -> str:
 
 
 def _save_torch(path: Path, obj: dict) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic.write_bytes(path, buf.getvalue())
+    torchfile.save(path, STATE_FORMAT, STATE_VERSION, obj)
 
 
 def _load_torch(path: Path, what: str) -> dict:
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"{what} {path} is unreadable ({e.__class__.__name__}); train again with --restart.") from e
-    if not isinstance(data, dict) or data.get("format") != STATE_FORMAT or data.get("version") != STATE_VERSION:
-        raise UserError(f"{path} is not {what} of this version; train again with --restart.")
-    return data
+    return torchfile.load(path, STATE_FORMAT, STATE_VERSION, what=what, kind=f"prior {what}",
+                          remedy="train again with --restart")
 
 
 def _read_state(out: Path, keys: list[str], cfg_dict: dict, restart: bool) -> dict | None:
@@ -381,7 +374,7 @@ def _save_video(path: Path, v: _Video, rnd: int) -> None:
     # The body SDF grid is rebuilt from the project when the video is opened; the rest is what training changed.
     model = {k: t.detach().cpu() for k, t in v.session.avatar.state_dict().items()
              if not is_shared(k, v.session.cfg.prior_shares) and not k.startswith("sdf.body.")}
-    _save_torch(path, {"format": STATE_FORMAT, "version": STATE_VERSION, "video": v.key, "round": rnd + 1,
+    _save_torch(path, {"video": v.key, "round": rnd + 1,
                        "step": v.session.step, "model": model, "own_optimizer": v.opt.field_opts[1].state_dict(),
                        "body_optimizer": v.opt.body.state_dict() if v.opt.body else None})
 
@@ -410,7 +403,7 @@ def _write_outputs(out: Path, shared: dict, shared_opt, cfg, cfg_dict, keys, bod
     save_prior(out, shared, cfg, body_model, {"videos": keys, "rounds": rounds_done, "steps": total_steps,
                                               "log_beta": log_beta, **extra})
     _save_torch(out / TRAINING_DIR / "state.pt", {
-        "format": STATE_FORMAT, "version": STATE_VERSION, "round": rounds_done, "videos": keys, "config": cfg_dict,
+        "round": rounds_done, "videos": keys, "config": cfg_dict,
         "shared": {n: p.detach().cpu().clone() for n, p in shared.items()},
         "shared_optimizer": shared_opt.state_dict()})
     atomic.write_bytes(out / LOG_FILE, "".join(json.dumps(h) + "\n" for h in history).encode())

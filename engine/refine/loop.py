@@ -45,6 +45,28 @@ class FitBudget:
     """Marching-cubes resolution of the live meshes."""
     preview_frame: int = 0
     """Frame rendered for previews."""
+    preview_share: float = 0.1
+    """Previews, and live meshes, each take at most this share of the run's time: after one that took
+    t seconds the next waits until training has run t·(1 − share)/share seconds (1: no limit)."""
+
+
+class _TimeShare:
+    """Keeps an occasional task (a preview render, a live mesh) to a share of the wall-clock time: it is
+    ready again only after the rest of the run has had (1 − share)/share times its last duration."""
+
+    def __init__(self, share: float) -> None:
+        self.wait = (1 - share) / max(share, 1e-3) if share < 1 else 0.0
+        self.due = 0.0
+
+    def ready(self) -> bool:
+        return time.perf_counter() >= self.due
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        end = time.perf_counter()
+        self.due = end + (end - self.start) * self.wait
 
 
 def _progress(session: Session, budget: FitBudget, t0: float, step0: int) -> float:
@@ -168,6 +190,7 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
         yield from _pretrain_mlp(session, gen, cancel)
 
     step0 = session.step
+    preview_gate, mesh_gate = _TimeShare(budget.preview_share), _TimeShare(budget.preview_share)
     elapsed0 = float(session.checkpoint.get("elapsed", 0.0)) if session.checkpoint else 0.0
     good = copy.deepcopy((av.state_dict(), opt.state_dict()))
     bad = 0
@@ -209,10 +232,13 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
             if session.step % budget.checkpoint_every == 0:
                 checkpoint()
                 good = copy.deepcopy((av.state_dict(), opt.state_dict()))
-            if budget.preview_every and session.step % budget.preview_every == 0:
-                yield _preview(session, budget.preview_frame)
-            if budget.mesh_every and session.step % budget.mesh_every == 0:
-                m = session.canonical_mesh(budget.mesh_resolution)
+            if budget.preview_every and session.step % budget.preview_every == 0 and preview_gate.ready():
+                with preview_gate:
+                    pv = _preview(session, budget.preview_frame)
+                yield pv
+            if budget.mesh_every and session.step % budget.mesh_every == 0 and mesh_gate.ready():
+                with mesh_gate:
+                    m = session.canonical_mesh(budget.mesh_resolution)
                 yield MeshReady(session.step, m.vertices, m.faces, m.colors)
     except torch.cuda.OutOfMemoryError as e:
         raise UserError("out of GPU memory: lower --rays or --samples (the last checkpoint is kept).") from e

@@ -60,7 +60,7 @@ def test_refine_scrub_pause_resume_export(window, qapp, tiny_project, tmp_path):
     for k in ("psnr", "m_psnr"):
         assert all(5 < v < 60 for v in w.losses.held[k]), (k, w.losses.held[k])
     assert w.losses.held["m_psnr"][-1] < w.losses.held["psnr"][-1], "the person is harder than the background"
-    assert "held-out" in w.losses.summary.text() and "interpolated" in w.losses.psnr_plot.toolTip()
+    assert "held-out" in w.losses.summary.text() and "interpolated" in w.losses.psnr_area.toolTip()
     v0 = np.array(w.mesh_view.mesh.vertices)
     w.timeline.set_frame(4)
     wait_until(qapp, lambda: w.posed_frame == 4, 60, "the mesh posed at frame 4")

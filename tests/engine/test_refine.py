@@ -88,6 +88,22 @@ def test_live_events_and_cancel(fitted, tmp_path):
     assert state["step"] == FIT_STEPS + 2
 
 
+def test_previews_take_a_bounded_share_of_training_time(fitted, tmp_path):
+    """Asked for a preview every step, training still mostly trains: a full-frame render costs more than a
+    step, so with a 10 % share the previews after the first wait for several steps."""
+    proj = tmp_path / "p"
+    shutil.copytree(fitted[0], proj)
+
+    def previews(iters: int, share: float) -> list[int]:
+        budget = FitBudget(iters=FIT_STEPS + iters, preview_every=1, preview_share=share, checkpoint_every=1000)
+        return [ev.step for ev in fit_job(proj, None, budget) if isinstance(ev, Preview)]
+
+    assert previews(3, 1.0) == [FIT_STEPS + 1, FIT_STEPS + 2, FIT_STEPS + 3]  # no limit: every step
+    got = previews(15, 0.1)
+    assert got[0] == FIT_STEPS + 4  # the first one comes at once
+    assert len(got) <= 4, got
+
+
 def test_shell_sampler_agrees_with_dense_sampling(fitted):
     """The fast sampler's twin: many uniform + importance samples along the same rays."""
     s = open_session(fitted[0])
