@@ -50,7 +50,7 @@ class LossPlot(QWidget):
         self.psnr_plot = self.psnr_area.addPlot(row=1, col=0)
         self.psnr_plot.setLabel("bottom", "step")
         self.psnr_plot.setLabel("left", "PSNR dB")
-        self.psnr_plot.legend = pg.LegendItem(frame=False, colCount=3, **legend)
+        self.psnr_plot.legend = pg.LegendItem(frame=False, colCount=2, verSpacing=-6, **legend)
         self.psnr_area.addItem(self.psnr_plot.legend, row=0, col=0)
         self.set_held_out_frames([], 0)
         self.psnr_plot.setXLink(self.plot)

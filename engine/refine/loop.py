@@ -45,6 +45,9 @@ class FitBudget:
     """Marching-cubes resolution of the live meshes."""
     preview_frame: int = 0
     """Frame rendered for previews."""
+    preview_stride: int = 2
+    """Previews render every this-many-th pixel of every this-many-th row (2: a quarter of the rays),
+    keeping at least 128 rendered pixels along the frame's long side."""
     preview_share: float = 0.1
     """Previews, and live meshes, each take at most this share of the run's time: after one that took
     t seconds the next waits until training has run t·(1 − share)/share seconds (1: no limit)."""
@@ -234,7 +237,7 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
                 good = copy.deepcopy((av.state_dict(), opt.state_dict()))
             if budget.preview_every and session.step % budget.preview_every == 0 and preview_gate.ready():
                 with preview_gate:
-                    pv = _preview(session, budget.preview_frame)
+                    pv = _preview(session, budget.preview_frame, budget.preview_stride)
                 yield pv
             if budget.mesh_every and session.step % budget.mesh_every == 0 and mesh_gate.ready():
                 with mesh_gate:
@@ -252,9 +255,10 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
     yield Done({"step": session.step, "seconds": time.perf_counter() - t0, "steps_this_run": session.step - step0})
 
 
-def _preview(session: Session, frame: int) -> Preview:
+def _preview(session: Session, frame: int, stride: int = 1) -> Preview:
     frame = min(max(frame, 0), session.project.num_frames - 1)
-    r = session.render_frame(frame)
+    cam = session.cameras[frame]
+    r = session.render_frame(frame, stride=max(1, min(stride, max(cam.width, cam.height) // 128)))
     return Preview(session.step, frame, session.project.frame(frame), r["rgb"].astype(np.float32),
                    (0.5 + 0.5 * r["normals"]).astype(np.float32), r["opacity"])
 

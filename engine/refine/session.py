@@ -175,8 +175,12 @@ class Session:
 
     # ---- rendering --------------------------------------------------------------------------
     @torch.no_grad()
-    def render_frame(self, i: int, chunk: int = 8192, coarse: int | None = None, fine: int | None = None) -> dict:
-        """Full-frame render: rgb (composited), fg opacity, world normals, depth; numpy [H, W, ...]."""
+    def render_frame(self, i: int, chunk: int = 8192, coarse: int | None = None, fine: int | None = None,
+                     stride: int = 1) -> dict:
+        """Full-frame render: rgb (composited), fg opacity, world normals, depth; numpy [H, W, ...].
+
+        With stride s > 1 only every s-th pixel of every s-th row is rendered (s² fewer rays) and each
+        fills its s×s block, so the arrays keep the frame's size (a cheap live preview)."""
         cam = self.cameras[i]
         fp = self.frame_pose(i)
         H, W = cam.height, cam.width
@@ -189,7 +193,7 @@ class Session:
         m = 0.25 * cam.K[0, 0] / max(float(np.median(cam.t[2:])), 1.0) + 8  # ~25 cm margin in pixels
         x0, y0 = np.clip(np.floor(uv.min(0) - m), 0, [W - 1, H - 1]).astype(int)
         x1, y1 = np.clip(np.ceil(uv.max(0) + m), 0, [W - 1, H - 1]).astype(int)
-        xs, ys = np.meshgrid(np.arange(x0, x1 + 1), np.arange(y0, y1 + 1))
+        xs, ys = np.meshgrid(np.arange(x0 - x0 % stride, x1 + 1, stride), np.arange(y0 - y0 % stride, y1 + 1, stride))
         pix = np.stack([xs.ravel(), ys.ravel()], 1)
         cfg = self.cfg
         for s in range(0, len(pix), chunk):
@@ -199,13 +203,21 @@ class Session:
                               fine or cfg.fine_samples, cfg.sampler, cfg.shell)
             op = out.opacity.cpu().numpy()
             fg = out.rgb.cpu().numpy()
-            rgb[p[:, 1], p[:, 0]] = fg + (1 - op[:, None]) * bg[p[:, 1], p[:, 0]]
-            opacity[p[:, 1], p[:, 0]] = op
-            depth[p[:, 1], p[:, 0]] = out.depth.cpu().numpy()
+            dep = out.depth.cpu().numpy()
+            n = np.zeros((len(p), 3), np.float32)
             hit = op > 0.5
             if hit.any():
                 x = (o[hit] + d[hit] * out.depth[hit, None])
-                normals[p[hit, 1], p[hit, 0]] = self.world_normals(x, fp).cpu().numpy()
+                n[hit] = self.world_normals(x, fp).cpu().numpy()
+            for dy in range(stride):  # each rendered pixel fills its stride × stride block
+                for dx in range(stride):
+                    q = p + [dx, dy]
+                    ok = (q[:, 0] <= x1) & (q[:, 1] <= y1)
+                    qx, qy = q[ok, 0], q[ok, 1]
+                    rgb[qy, qx] = fg[ok] + (1 - op[ok, None]) * bg[qy, qx]
+                    opacity[qy, qx] = op[ok]
+                    depth[qy, qx] = dep[ok]
+                    normals[qy, qx] = n[ok]
         return {"rgb": np.clip(rgb, 0, 1), "opacity": opacity, "normals": normals, "depth": depth}
 
     def world_normals(self, x: torch.Tensor, fp: FramePose, h: float = 0.004) -> torch.Tensor:

@@ -104,6 +104,16 @@ def test_previews_take_a_bounded_share_of_training_time(fitted, tmp_path):
     assert len(got) <= 4, got
 
 
+def test_a_strided_render_is_a_cheap_twin_of_the_full_render(fitted):
+    s = open_session(fitted[0])
+    full, half = s.render_frame(0), s.render_frame(0, stride=2)
+    for k in ("rgb", "opacity", "normals", "depth"):
+        assert half[k].shape == full[k].shape, k
+    # Close to the full render even on this tiny (96 × 128) frame, where 2-pixel blocks are coarse.
+    assert psnr(half["rgb"], full["rgb"]) > 25
+    assert abs(float((half["opacity"] > 0.5).mean() - (full["opacity"] > 0.5).mean())) < 0.01
+
+
 def test_shell_sampler_agrees_with_dense_sampling(fitted):
     """The fast sampler's twin: many uniform + importance samples along the same rays."""
     s = open_session(fitted[0])
