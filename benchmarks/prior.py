@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -59,13 +60,18 @@ def _fit(scene: Path, work: Path, label: str, minutes: float, frames, prior: str
 
 def quality(args) -> dict:
     out: dict = {"prior": str(args.prior), "scenes": {}}
-    for name in args.scenes:
-        work = Path(args.work) / name
+    real = {f"real:{Path(d).resolve().name}": Path(d).resolve() for d in args.real}
+    for name in [*args.scenes, *real]:
+        work = Path(args.work) / name.replace(":", "_")
         scene = work / "scene"
-        if not (scene / "project" / "project.json").exists():
+        if name in real:  # a preprocessed real video: no ground-truth geometry, image metrics only
+            if scene.exists():
+                shutil.rmtree(scene)
+            shutil.copytree(real[name], scene / "project", ignore=shutil.ignore_patterns("checkpoints"))
+        elif not (scene / "project" / "project.json").exists():
             run_job(synth_job(SCENES[name], scene, overwrite=True))
         frames = tuple(Project.open(scene / "project").held_out[:: args.eval_every])
-        old = _earlier_rows(args.scratch_from, name, SCENES[name], frames)
+        old = _earlier_rows(args.scratch_from, name, SCENES[name], frames) if name in SCENES else []
         if old:  # scratch and body-only do not depend on the prior: reuse an earlier run's rows
             rows = [r for r in old if r["preset"] == "body-only"]
         else:
@@ -82,7 +88,7 @@ def quality(args) -> dict:
             rows.append(_fit(scene, work, "prior", minutes, frames, args.prior, "refine"))
             if args.json:  # partial results survive an interruption
                 Path(args.json).write_text(json.dumps(out | {"partial": {name: rows}}, indent=2))
-        out["scenes"][name] = {"config": SCENES[name].__dict__, "eval_frames": list(frames), "runs": rows,
+        out["scenes"][name] = {"config": SCENES[name].__dict__ if name in SCENES else {"project": str(real[name])}, "eval_frames": list(frames), "runs": rows,
                                "time_to_quality": time_to_quality(rows)}
     return out
 
@@ -161,7 +167,9 @@ def main() -> None:
     ap.add_argument("--prior", default=str(SHIPPED_PRIOR))
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.5, 1, 2, 5], help="minutes per fit")
     ap.add_argument("--inference-minutes", type=float, nargs="*", default=[1], help="budgets of --mode inference")
-    ap.add_argument("--scenes", nargs="+", default=["standard"], choices=sorted(SCENES))
+    ap.add_argument("--scenes", nargs="*", default=["standard"], choices=sorted(SCENES))
+    ap.add_argument("--real", nargs="*", default=[], metavar="PROJECT_DIR",
+                    help="preprocessed real videos to score too (image metrics only; never copied into the repo)")
     ap.add_argument("--eval-every", type=int, default=4, help="score every k-th held-out frame (default 4: 3 of 12)")
     ap.add_argument("--scratch-from", metavar="JSON",
                     help="reuse the body-only and scratch rows of an earlier result file (same scenes and frames); "

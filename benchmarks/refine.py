@@ -32,10 +32,10 @@ def _copy_project(scene: Path, dst: Path) -> Path:
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(scene / "project", dst)
-    # The ground truth sits beside the copy, where project.json's relative path expects it.
-    meta = Project.open(dst).meta
-    meta["ground_truth"] = str((scene / "ground_truth").resolve())
-    (dst / "project.json").write_text(json.dumps(meta))
+    if (scene / "ground_truth").exists():  # synthetic: the ground truth sits beside the copy
+        meta = Project.open(dst).meta
+        meta["ground_truth"] = str((scene / "ground_truth").resolve())
+        (dst / "project.json").write_text(json.dumps(meta))
     return dst
 
 
