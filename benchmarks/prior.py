@@ -1,7 +1,7 @@
 """Prior benchmark: scratch vs a prior at equal short budgets on held-out scenes, and training throughput.
 
     python -m benchmarks.prior [--prior resources/prior] [--budgets 0.5 1 2 5] [--scenes standard dress]
-                               [--scratch-from EARLIER.json] [--json OUT.json]
+                               [--real PROJECT_DIR ...] [--scratch-from EARLIER.json] [--json OUT.json]
     python -m benchmarks.prior --scaling [--json OUT.json]
 
 Quality: for every held-out scene (synthetic, seeds the shipped prior never saw) and budget, one fresh fit

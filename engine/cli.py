@@ -316,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--prior", metavar="PRIOR_DIR",
                    help="start a new fit from a prior made by `prior train` (`shipped`: the one in resources/prior)")
     f.add_argument("--mode", choices=("refine", "inference"), default="refine",
-                   help="with --prior: refine everything (default), or inference: keep the prior's human fields "
-                   "fixed and fit only the video code, background, density and body")
+                   help="with --prior: refine everything (default), or inference: keep the prior's shared fields "
+                   "fixed and fit only this video's code, colour, background, density and body")
     f.set_defaults(func=_cmd_fit)
 
     pr = sub.add_parser("prior", help="learn across videos: train a prior of the human fields",
