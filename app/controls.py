@@ -161,7 +161,7 @@ class ControlPanel(QWidget):
         self.fields: dict[str, QWidget] = {}
         hints = typing.get_type_hints(RefineConfig)
         for fld in dataclasses.fields(RefineConfig):
-            if fld.name in ("preset", "freeze_shared"):  # freeze_shared: the prior mode sets it
+            if fld.name in ("preset", "freeze_shared", "prior_shares"):  # the prior and its mode set these
                 continue
             w = self._field_widget(fld.name, hints[fld.name])
             w.setToolTip(self.docs.get(fld.name, ""))

@@ -168,7 +168,7 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
             prior: str | Path | None = None, prior_mode: str = "refine") -> Iterator[Event]:
     """Optimises (or resumes) the avatar of a project; the checkpoint is the only thing it writes.
     A new fit can start from a prior (`engine.prior`): `prior_mode` refine trains everything from there,
-    inference keeps the human fields fixed and fits only the per-video parts."""
+    inference keeps the prior's shared fields fixed and fits only the per-video parts."""
     cancel = cancel or CancelToken()
     session = open_session(project_dir, config, device, body_model_dir, prior=prior, prior_mode=prior_mode)
     cfg, av, dev = session.cfg, session.avatar, session.device

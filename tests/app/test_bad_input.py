@@ -66,8 +66,9 @@ def test_settings_tooltips_and_recent_projects_persist(qapp, tiny_project, tmp_p
     c.minutes.setValue(2.5)
     assert c.refine_config().rays == 777 and c.refine_config().preset == "vid2avatar"
     # Every RefineConfig field has a widget (ints, floats, bools, choices) that gives its value back unchanged
-    # (the preset and the prior mode's freeze_shared have their own controls).
-    assert set(c.fields) == {f.name for f in dataclasses.fields(RefineConfig)} - {"preset", "freeze_shared"}
+    # (the preset has its own control; the chosen prior and its mode set freeze_shared and prior_shares).
+    assert set(c.fields) == {f.name for f in dataclasses.fields(RefineConfig)} - {"preset", "freeze_shared",
+                                                                                  "prior_shares"}
     assert c.refine_config() == load_preset("vid2avatar", rays=777)
     assert w.open_project(tiny_project)
     w.close()
