@@ -57,15 +57,18 @@ class _TimeShare:
     """Keeps an occasional task (a preview render, a live mesh) to a share of the wall-clock time: it is
     ready again only after the rest of the run has had (1 − share)/share times its last duration."""
 
-    def __init__(self, share: float) -> None:
+    def __init__(self, share: float, session: Session) -> None:
         self.wait = (1 - share) / max(share, 1e-3) if share < 1 else 0.0
         self.due = 0.0
+        self.session = session
+        self.step = -1  # the training step of the last one
 
     def ready(self) -> bool:
         return time.perf_counter() >= self.due
 
     def __enter__(self) -> None:
         self.start = time.perf_counter()
+        self.step = self.session.step
 
     def __exit__(self, *exc) -> None:
         end = time.perf_counter()
@@ -193,7 +196,7 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
         yield from _pretrain_mlp(session, gen, cancel)
 
     step0 = session.step
-    preview_gate, mesh_gate = _TimeShare(budget.preview_share), _TimeShare(budget.preview_share)
+    preview_gate, mesh_gate = _TimeShare(budget.preview_share, session), _TimeShare(budget.preview_share, session)
     elapsed0 = float(session.checkpoint.get("elapsed", 0.0)) if session.checkpoint else 0.0
     good = copy.deepcopy((av.state_dict(), opt.state_dict()))
     bad = 0
@@ -204,6 +207,16 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
         if budget.iters is not None and session.step >= budget.iters:
             return True
         return budget.minutes is not None and time.perf_counter() - t0 >= 60 * budget.minutes
+
+    def live_views(preview: bool = False, mesh: bool = False) -> Iterator[Event]:
+        if preview:
+            with preview_gate:
+                pv = _preview(session, budget.preview_frame, budget.preview_stride)
+            yield pv
+        if mesh:
+            with mesh_gate:
+                m = session.canonical_mesh(budget.mesh_resolution)
+            yield MeshReady(session.step, m.vertices, m.faces, m.colors)
 
     def checkpoint() -> None:
         save_checkpoint(checkpoint_path(session.project.root), _state(session, opt, elapsed0 + time.perf_counter() - t0))
@@ -236,13 +249,12 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
                 checkpoint()
                 good = copy.deepcopy((av.state_dict(), opt.state_dict()))
             if budget.preview_every and session.step % budget.preview_every == 0 and preview_gate.ready():
-                with preview_gate:
-                    pv = _preview(session, budget.preview_frame, budget.preview_stride)
-                yield pv
+                yield from live_views(preview=True)
             if budget.mesh_every and session.step % budget.mesh_every == 0 and mesh_gate.ready():
-                with mesh_gate:
-                    m = session.canonical_mesh(budget.mesh_resolution)
-                yield MeshReady(session.step, m.vertices, m.faces, m.colors)
+                yield from live_views(mesh=True)
+        # A run that reaches its budget ends showing the avatar it saves (the time share may have skipped it).
+        yield from live_views(preview=bool(budget.preview_every) and preview_gate.step != session.step,
+                              mesh=bool(budget.mesh_every) and mesh_gate.step != session.step)
     except torch.cuda.OutOfMemoryError as e:
         raise UserError("out of GPU memory: lower --rays or --samples (the last checkpoint is kept).") from e
     except MemoryError as e:

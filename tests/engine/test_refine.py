@@ -101,6 +101,7 @@ def test_previews_take_a_bounded_share_of_training_time(fitted, tmp_path):
     assert previews(3, 1.0) == [FIT_STEPS + 1, FIT_STEPS + 2, FIT_STEPS + 3]  # no limit: every step
     got = previews(15, 0.1)
     assert got[0] == FIT_STEPS + 4  # the first one comes at once
+    assert got[-1] == FIT_STEPS + 15  # and the run ends showing its last step
     assert len(got) <= 4, got
 
 
