@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import UserError
+from engine.jobs.pacing import TimeShare
 from engine.jobs.events import CancelToken, Done, Event, Log, Losses, MeshReady, Preview, Progress
 from engine.project import atomic
 from engine.refine.checkpoint import checkpoint_path, save_checkpoint
@@ -51,28 +52,6 @@ class FitBudget:
     preview_share: float = 0.1
     """Previews, and live meshes, each take at most this share of the run's time: after one that took
     t seconds the next waits until training has run t·(1 − share)/share seconds (1: no limit)."""
-
-
-class _TimeShare:
-    """Keeps an occasional task (a preview render, a live mesh) to a share of the wall-clock time: it is
-    ready again only after the rest of the run has had (1 − share)/share times its last duration."""
-
-    def __init__(self, share: float, session: Session) -> None:
-        self.wait = (1 - share) / max(share, 1e-3) if share < 1 else 0.0
-        self.due = 0.0
-        self.session = session
-        self.step = -1  # the training step of the last one
-
-    def ready(self) -> bool:
-        return time.perf_counter() >= self.due
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-        self.step = self.session.step
-
-    def __exit__(self, *exc) -> None:
-        end = time.perf_counter()
-        self.due = end + (end - self.start) * self.wait
 
 
 def _progress(session: Session, budget: FitBudget, t0: float, step0: int) -> float:
@@ -196,7 +175,7 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
         yield from _pretrain_mlp(session, gen, cancel)
 
     step0 = session.step
-    preview_gate, mesh_gate = _TimeShare(budget.preview_share, session), _TimeShare(budget.preview_share, session)
+    preview_gate, mesh_gate = TimeShare(budget.preview_share), TimeShare(budget.preview_share)
     elapsed0 = float(session.checkpoint.get("elapsed", 0.0)) if session.checkpoint else 0.0
     good = copy.deepcopy((av.state_dict(), opt.state_dict()))
     bad = 0
@@ -210,11 +189,11 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
 
     def live_views(preview: bool = False, mesh: bool = False) -> Iterator[Event]:
         if preview:
-            with preview_gate:
+            with preview_gate.timed(session.step):
                 pv = _preview(session, budget.preview_frame, budget.preview_stride)
             yield pv
         if mesh:
-            with mesh_gate:
+            with mesh_gate.timed(session.step):
                 m = session.canonical_mesh(budget.mesh_resolution)
             yield MeshReady(session.step, m.vertices, m.faces, m.colors)
 
@@ -253,8 +232,8 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
             if budget.mesh_every and session.step % budget.mesh_every == 0 and mesh_gate.ready():
                 yield from live_views(mesh=True)
         # A run that reaches its budget ends showing the avatar it saves (the time share may have skipped it).
-        yield from live_views(preview=bool(budget.preview_every) and preview_gate.step != session.step,
-                              mesh=bool(budget.mesh_every) and mesh_gate.step != session.step)
+        yield from live_views(preview=bool(budget.preview_every) and preview_gate.tag != session.step,
+                              mesh=bool(budget.mesh_every) and mesh_gate.tag != session.step)
     except torch.cuda.OutOfMemoryError as e:
         raise UserError("out of GPU memory: lower --rays or --samples (the last checkpoint is kept).") from e
     except MemoryError as e:
