@@ -15,7 +15,7 @@ from engine.body import create_body_model
 from engine.evaluation import EvalConfig
 from engine.geometry.camera import Camera, look_at
 from engine.project import Project
-from engine.project.atomic import write_image
+from engine.io.atomic import write_image
 from engine.render.raycast import render_mesh
 from engine.synth.ground_truth import GroundTruth
 

@@ -95,7 +95,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: str, obj) -> None:
-    from engine.project.atomic import write_json
+    from engine.io.atomic import write_json
 
     p = Path(path).expanduser()
     if not p.parent.is_dir():

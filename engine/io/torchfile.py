@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import UserError
-from engine.project.atomic import write_bytes
+from engine.io.atomic import write_bytes
 
 
 def save(path: str | Path, fmt: str, version: int, data: dict) -> None:

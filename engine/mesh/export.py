@@ -20,7 +20,7 @@ import numpy as np
 
 from engine.errors import UserError
 from engine.mesh.extract import Mesh, vertex_normals
-from engine.project.atomic import atomic_path
+from engine.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

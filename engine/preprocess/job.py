@@ -34,7 +34,8 @@ from engine.jobs.events import CancelToken, Done, Event, Log, Progress
 from engine.preprocess.bodyfit import BodyFitConfig, BodyFitResult, fit_body_job, real_video_camera
 from engine.preprocess.person import PersonConfig, PersonTrack, describe_frames, detect_person
 from engine.preprocess.video import DecodeConfig, FrameReader
-from engine.project import Project, atomic, check_output_dir
+from engine.io import atomic
+from engine.project import Project, check_output_dir
 
 log = logging.getLogger(__name__)
 

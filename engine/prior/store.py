@@ -15,7 +15,7 @@ from torch import nn
 
 from engine.errors import UserError
 from engine.io import torchfile
-from engine.project import atomic
+from engine.io import atomic
 from engine.refine.config import RefineConfig
 
 FORMAT = "avatar-prior"

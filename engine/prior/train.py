@@ -32,7 +32,8 @@ from engine.io import torchfile
 from engine.jobs.events import CancelToken, Done, Event, Log, Progress
 from engine.prior import distributed
 from engine.prior.store import is_shared, save_prior, shared_parameters, tie_shared
-from engine.project import Project, atomic
+from engine.io import atomic
+from engine.project import Project
 from engine.refine.config import PRESETS, load_preset
 from engine.refine.loop import Optimizers, _step, apply_schedule
 from engine.refine.session import Session, open_session

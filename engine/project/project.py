@@ -12,7 +12,7 @@ import numpy as np
 from engine.body.base import BodyParams
 from engine.errors import UserError
 from engine.geometry.camera import Camera
-from engine.project import atomic
+from engine.io import atomic
 
 SCHEMA_VERSION = 1
 HELD_OUT_EVERY = 5

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from engine.errors import UserError
 from engine.jobs.pacing import TimeShare
 from engine.jobs.events import CancelToken, Done, Event, Log, Losses, MeshReady, Preview, Progress
-from engine.project import atomic
+from engine.io import atomic
 from engine.refine.checkpoint import checkpoint_path, save_checkpoint
 from engine.refine.config import RefineConfig
 from engine.refine.raymarch import body_box, pixel_rays, render_rays

@@ -26,7 +26,7 @@ class GroundTruth:
 
     @staticmethod
     def load(root: str | Path) -> GroundTruth:
-        from engine.project.atomic import read_image
+        from engine.io.atomic import read_image
 
         root = Path(root)
         try:

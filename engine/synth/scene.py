@@ -33,7 +33,8 @@ from engine.geometry.camera import Camera, look_at, project
 from engine.io.mesh import write_mesh
 from engine.io.video import write_mp4
 from engine.jobs.events import CancelToken, Done, Event, Log, Progress
-from engine.project import Project, atomic, check_output_dir
+from engine.io import atomic
+from engine.project import Project, check_output_dir
 from engine.render.raycast import render_mesh
 from engine.synth.appearance import background_image, vertex_colors
 from engine.synth.garments import GARMENTS, clothed_canonical_mesh

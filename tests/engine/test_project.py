@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from engine.errors import UserError
-from engine.project import Project, atomic, held_out_frames
+from engine.io import atomic
+from engine.project import Project, held_out_frames
 
 
 def test_held_out_every_fifth():
