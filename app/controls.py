@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.errors import UserError
-from engine.prior.store import PRIOR_FILE, SHIPPED_PRIOR
+from engine.refine.prior_file import PRIOR_FILE, SHIPPED_PRIOR
 from engine.refine.config import PRESETS, RefineConfig, field_docs, load_preset
 
 # Choices of the string fields (the same sets RefineConfig.validate accepts).

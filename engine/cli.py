@@ -158,7 +158,7 @@ def _encoder_overrides(args: argparse.Namespace) -> dict:
 
 def _prior_arg(value: str | None) -> str | None:
     """`--prior shipped` is the prior that comes with the app (resources/prior)."""
-    from engine.prior.store import SHIPPED_PRIOR
+    from engine.refine.prior_file import SHIPPED_PRIOR
 
     return str(SHIPPED_PRIOR) if value == "shipped" else value
 

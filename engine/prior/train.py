@@ -31,7 +31,7 @@ from engine.evaluation import live_frames, live_scores
 from engine.io import torchfile
 from engine.jobs.events import CancelToken, Done, Event, Log, Progress
 from engine.prior import distributed
-from engine.prior.store import is_shared, save_prior, shared_parameters, tie_shared
+from engine.refine.prior_file import is_shared, save_prior, shared_parameters, tie_shared
 from engine.io import atomic
 from engine.project import Project
 from engine.refine.config import PRESETS, load_preset

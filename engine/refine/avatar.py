@@ -13,6 +13,7 @@ from engine.fields.body_sdf import BodySDFGrid
 from engine.fields.encodings import HashGrid, HashGridConfig, PositionalEncoding, TinyMLP
 from engine.fields.geometry_encoder import GeometryEncoder
 from engine.refine.config import RefineConfig
+from engine.refine.prior_file import shared_parameters
 
 FEATURES = 15  # geometry features passed from the SDF field to the colour field (hash field)
 
@@ -106,8 +107,6 @@ class Avatar(nn.Module):
         self.register_buffer("beta_cap", torch.tensor(float("inf")))
         self.encoder = GeometryEncoder() if cfg.geometry_encoder else None
         if cfg.freeze_shared:
-            from engine.prior.store import shared_parameters
-
             for p in shared_parameters(self).values():
                 p.requires_grad_(False)
 

@@ -19,6 +19,7 @@ from engine.project import Project
 from engine.refine.avatar import Avatar
 from engine.refine.checkpoint import checkpoint_path, load_checkpoint
 from engine.refine.config import RefineConfig
+from engine.refine.prior_file import load_prior
 from engine.refine.deformer import Deformer, FramePose
 from engine.refine.raymarch import body_box, canonical_points, pixel_rays, render_rays
 
@@ -285,8 +286,6 @@ def open_session(project_dir: str | Path, cfg: RefineConfig | None = None, devic
     cfg = cfg or RefineConfig()
     loaded_prior = None
     if prior is not None:
-        from engine.prior.store import load_prior
-
         loaded_prior = load_prior(prior)
         loaded_prior.check_compatible(cfg, project.body_model)
         cfg = loaded_prior.fit_config(cfg, prior_mode)

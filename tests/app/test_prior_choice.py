@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.prior.store import SHIPPED_PRIOR, load_prior
+from engine.refine.prior_file import SHIPPED_PRIOR, load_prior
 from engine.refine.checkpoint import checkpoint_path
 from tests.app.conftest import wait_until
 

@@ -19,7 +19,7 @@ import torch
 
 from engine.errors import UserError
 from engine.jobs import run_job
-from engine.prior.store import PRIOR_FILE, load_prior, save_prior
+from engine.refine.prior_file import PRIOR_FILE, load_prior, save_prior
 from engine.prior.train import PriorConfig, check_projects, prior_train_job
 from engine.project import Project
 from engine.refine.checkpoint import checkpoint_path

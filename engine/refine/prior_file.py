@@ -1,4 +1,5 @@
-"""Prior files: the human fields shared across videos, written atomically, loaded with weights_only=True.
+"""Prior files: the human fields shared across videos (what is shared, and the file that holds them),
+written atomically, loaded with weights_only=True. `prior train` (engine/prior) makes them; a fit starts from one.
 
 A prior folder holds `prior.pt` (the shared weights and what they need to be used) and `prior.json`
 (the same facts, human-readable). `prior train` also keeps its resumable state in `training/`.
