@@ -14,18 +14,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
 from engine.body import BodyConfig, create_body_model
-from engine.geometry.camera import project as project_points
 from engine.jobs.events import CancelToken, Done, Event, Progress
 from engine.metrics import iou, m_psnr, m_ssim, mesh_metrics, mpvpe_cm, psnr, ssim
 from engine.project import Project
 from engine.refine.checkpoint import checkpoint_path
-from engine.refine.raymarch import pixel_rays, render_rays
 from engine.refine.session import Session, median_background, open_session
 from engine.render.raycast import render_mesh
 from engine.synth.ground_truth import GroundTruth
@@ -46,7 +45,7 @@ class EvalConfig:
     """Folder with SMPL/SMPL-X files, for projects fitted with those models."""
     frames: tuple[int, ...] | None = None
     """Frames to score (default: the project's held-out frames)."""
-    method: str = "auto"
+    method: Literal["auto", "avatar", "body_only"] = "auto"
     """What to score: auto (the avatar if fitted, else the body-only baseline), avatar or body_only."""
     mesh_resolution: int = 128
     """Marching-cubes resolution of the avatar mesh that is scored."""
@@ -122,57 +121,15 @@ def live_scores(session: Session, frames: list[int], stride: int = 2) -> dict[st
     Cheap enough to follow training: no test-time pose fit, so a held-out frame's body is the
     interpolation of its refined neighbours (`Session.base_params`); `eval` fits it and scores more.
     Only the colour is rendered (no normals), at every `stride`-th pixel of every `stride`-th row: the
-    mean squared error over that regular subsample estimates the full frame's (stride 2: a quarter of
-    the rays, within a few hundredths of a dB on the demo). Stride 1 scores every pixel, exactly as
-    scoring `Session.render_frame`'s image does (a test checks both).
+    mean squared error over that regular subsample estimates the full frame's. Stride 1 scores every pixel.
     """
     rows = []
     for i in frames:
-        rgb, ys, xs = render_rgb_grid(session, i, stride)
-        image, mask = session.project.frame(i)[np.ix_(ys, xs)], session.project.mask(i)[np.ix_(ys, xs)]
-        rows.append({"psnr": psnr(rgb, image), **({"m_psnr": m_psnr(rgb, image, mask)} if mask.any() else {})})
+        r = session.render_frame(i, stride=stride, fill=False, normals=False)
+        ix = np.ix_(r["ys"], r["xs"])
+        image, mask = session.project.frame(i)[ix], session.project.mask(i)[ix]
+        rows.append({"psnr": psnr(r["rgb"], image), **({"m_psnr": m_psnr(r["rgb"], image, mask)} if mask.any() else {})})
     return {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "m_psnr") if rows and all(k in r for r in rows)}
-
-
-@torch.no_grad()
-def render_rgb_grid(session: Session, i: int, stride: int = 1, chunk: int = 8192
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The avatar's composited colour of frame i at the pixels (ys[r], xs[c]) of a `stride` grid.
-
-    The same rays, samples, body box and background as `Session.render_frame` (its reference twin:
-    at stride 1 the colours are the same), without the normals and depth that cost as much again.
-
-    Returns:
-        rgb [h, w, 3] in [0, 1], ys [h] and xs [w]: the rows and columns of the frame that were rendered.
-    """
-    if stride < 1:
-        raise ValueError(f"stride must be at least 1 (got {stride})")
-    cam = session.cameras[i]
-    fp = session.frame_pose(i)
-    H, W = cam.height, cam.width
-    ys, xs = np.arange(0, H, stride), np.arange(0, W, stride)
-    bg = torch.sigmoid(session.avatar.background).cpu().numpy()
-    rgb = bg[np.ix_(ys, xs)].copy()
-    # The person's box with a margin, as Session.render_frame draws it; outside it only the background shows.
-    uv = project_points(fp.vertices, cam)
-    m = 0.25 * cam.K[0, 0] / max(float(np.median(cam.t[2:])), 1.0) + 8
-    x0, y0 = np.clip(np.floor(uv.min(0) - m), 0, [W - 1, H - 1]).astype(int)
-    x1, y1 = np.clip(np.ceil(uv.max(0) + m), 0, [W - 1, H - 1]).astype(int)
-    ri = np.flatnonzero((ys >= y0) & (ys <= y1))
-    ci = np.flatnonzero((xs >= x0) & (xs <= x1))
-    rr, cc = np.meshgrid(ri, ci, indexing="ij")
-    rr, cc = rr.ravel(), cc.ravel()
-    pix = np.stack([xs[cc], ys[rr]], 1)
-    cfg = session.cfg
-    for s in range(0, len(pix), chunk):
-        p = pix[s : s + chunk]
-        o, d = pixel_rays(cam, p, session.device)
-        out = render_rays(session.avatar, session.deformer, fp, o, d, cfg.coarse_samples, cfg.fine_samples,
-                          cfg.sampler, cfg.shell)
-        op = out.opacity.cpu().numpy()
-        r, c = rr[s : s + chunk], cc[s : s + chunk]
-        rgb[r, c] = out.rgb.cpu().numpy() + (1 - op[:, None]) * rgb[r, c]
-    return np.clip(rgb, 0, 1), ys, xs
 
 
 def _image_row(i: int, rgb: np.ndarray, pred_mask: np.ndarray, image: np.ndarray, mask: np.ndarray) -> dict:
@@ -190,8 +147,6 @@ def _summary(per_frame: list[dict]) -> dict:
 
 def _evaluate_avatar(project: Project, gt: GroundTruth | None, config: EvalConfig, cancel: CancelToken,
                      t0: float) -> Iterator[Event]:
-    from engine.refine.export import posed_mesh
-
     session = open_session(project.root, None, "cpu", config.body_model_dir, require_checkpoint=True)
     frames = list(config.frames) if config.frames is not None else (project.held_out or list(range(project.num_frames)))
     yield Progress("evaluate: mesh", 0, 1)
@@ -199,23 +154,28 @@ def _evaluate_avatar(project: Project, gt: GroundTruth | None, config: EvalConfi
     yield Progress("evaluate: mesh", 1, 1)
     per_frame = []
     train = set(project.train_frames)
+    # Two parts per frame (the test-time pose fit, the render and its scores), so progress moves within a frame.
+    n = 2 * len(frames)
+    yield Progress("evaluate", 0, n)
     for k, i in enumerate(frames):
         cancel.check()
         if config.test_time_pose_steps > 0 and i not in train:
             session.fit_frame_pose(i, steps=config.test_time_pose_steps, rays=512)
-        r = session.render_frame(i)
+        yield Progress("evaluate", 2 * k + 1, n)
+        cancel.check()
+        r = session.render_frame(i, normals=False)  # the scores read colour and opacity only
         row = _image_row(i, r["rgb"], r["opacity"] > 0.5, project.frame(i), project.mask(i))
         if gt is not None:
-            posed = posed_mesh(session, canonical, i)
+            posed = session.posed_mesh(canonical, i)
             row.update(mesh_metrics(posed.vertices, posed.faces, gt.posed_vertices(i), gt.faces,
                                     n_samples=config.mesh_samples))
             with torch.no_grad():
-                fp = session.frame_pose(i)
-                verts = fp.vertices
+                verts = session.frame_pose(i).vertices
             true_body = session.body.posed_vertices(gt.body.frame(i))[0].numpy()
             row["mpvpe_cm"] = mpvpe_cm(verts, true_body, align="none")
         per_frame.append(row)
-        yield Progress("evaluate", k + 1, len(frames))
+        log.info("frame %d: psnr %.2f%s", i, row["psnr"], f", m_psnr {row['m_psnr']:.2f}" if "m_psnr" in row else "")
+        yield Progress("evaluate", 2 * k + 2, n)
     yield Done({
         "project": str(project.root.resolve()),
         "method": "avatar",

@@ -125,11 +125,24 @@ class BodyModel:
         """Body vertices in the canonical star pose [V, 3]."""
         return lbs(self._rest(shape), self.skin_weights, self.star_transforms(shape))
 
+    def posed(self, params: BodyParams, rest: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The body posed into every frame of `params`: the one way a body is posed.
+
+        Args:
+            params: shape and N frames of pose, orientation and translation.
+            rest: the rest vertices of `params.shape` when the caller already has them (the shape
+                blend is the costly part; per-frame skinning is cheap).
+
+        Returns:
+            rest → world bone transforms [N, J, 4, 4] and world vertices [N, V, 3].
+        """
+        rest = self._rest(params.shape) if rest is None else rest
+        tfs = self.bone_transforms(params)
+        return tfs, torch.stack([lbs(rest, self.skin_weights, tf) for tf in tfs])
+
     def posed_vertices(self, params: BodyParams) -> torch.Tensor:
         """World vertices for every frame [N, V, 3]."""
-        rest = self._rest(params.shape)
-        tfs = self.bone_transforms(params)
-        return torch.stack([lbs(rest, self.skin_weights, tf) for tf in tfs])
+        return self.posed(params)[1]
 
     def keypoints(self, vertices: torch.Tensor) -> torch.Tensor:
         """[N, V, 3] vertices → [N, K, 3] keypoints (KEYPOINT_NAMES order)."""

@@ -49,12 +49,27 @@ class Camera:
             origins [H, W, 3] and unit directions [H, W, 3] in world coordinates.
         """
         u, v = np.meshgrid(np.arange(self.width) + 0.5, np.arange(self.height) + 0.5)
-        pix = np.stack([u, v, np.ones_like(u)], axis=-1)  # [H, W, 3]
-        d_cam = pix @ np.linalg.inv(self.K).T
-        d_world = d_cam @ self.R  # R^T d for row vectors
-        d_world /= np.linalg.norm(d_world, axis=-1, keepdims=True)
-        origins = np.broadcast_to(self.center, d_world.shape).copy()
-        return origins, d_world
+        return rays_through(self, np.stack([u, v], axis=-1))
+
+
+def rays_through(camera: Camera, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rays through image points: xy [..., 2] in pixel units (a pixel's centre is its index + 0.5).
+
+    Returns:
+        origins [..., 3] and unit directions [..., 3] in world coordinates (float64).
+    """
+    p = np.concatenate([xy, np.ones((*xy.shape[:-1], 1))], axis=-1)
+    d = p @ np.linalg.inv(camera.K).T @ camera.R  # R^T d for row vectors
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    return np.broadcast_to(camera.center, d.shape).copy(), d
+
+
+def pixel_rays(camera: Camera, pix: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays through the centres of integer pixels pix [R, 2] (x, y): origins, unit dirs [R, 3] (world,
+    float32 tensors on `device`)."""
+    o, d = rays_through(camera, np.asarray(pix, np.float64) + 0.5)
+    return (torch.as_tensor(o, dtype=torch.float32, device=device),
+            torch.as_tensor(d, dtype=torch.float32, device=device))
 
 
 def project(points: torch.Tensor | np.ndarray, camera: Camera):

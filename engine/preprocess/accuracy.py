@@ -65,11 +65,7 @@ def preprocess_accuracy(project_dir: str | Path, scene_dir: str | Path, body_mod
     with torch.no_grad():
         true_verts = true_body.posed_vertices(gt.body).numpy()[src]  # [N, V, 3]
         true_kp = project(true_body.keypoints(torch.as_tensor(true_verts)).numpy(), gt_cam) * [sx, sy]  # [N, K, 2]
-        rest = fitted_body.rest_vertices(fitted.shape)
-        tfs = fitted_body.bone_transforms(fitted)
-        from engine.geometry.lbs import lbs
-
-        fit_verts = np.stack([lbs(rest, fitted_body.skin_weights, tf).numpy() for tf in tfs])  # [N, V', 3]
+        fit_verts = fitted_body.posed(fitted)[1].numpy()  # [N, V', 3]
         fit_kp = project(fitted_body.keypoints(torch.as_tensor(fit_verts)).numpy(), cam)
 
     keypoints = np.load(proj.root / "keypoints.npy") if (proj.root / "keypoints.npy").exists() else None

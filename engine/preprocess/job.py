@@ -23,18 +23,19 @@ import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 import torch
 
-from engine.body import BODY_MODELS, BodyConfig, create_body_model
+from engine.body import BodyConfig, create_body_model
 from engine.errors import UserError
-from engine.geometry.lbs import lbs
+from engine.io import atomic
+from engine.io.video import Mp4Writer
 from engine.jobs.events import CancelToken, Done, Event, Log, Progress
 from engine.preprocess.bodyfit import BodyFitConfig, BodyFitResult, fit_body_job, real_video_camera
 from engine.preprocess.person import PersonConfig, PersonTrack, describe_frames, detect_person
 from engine.preprocess.video import DecodeConfig, FrameReader
-from engine.io import atomic
 from engine.project import Project, check_output_dir
 
 log = logging.getLogger(__name__)
@@ -69,11 +70,11 @@ class PreprocessConfig:
     """A chosen frame may give way to a sharper one up to this many frames away (0: off)."""
     focal: float | None = None
     """Focal length in pixels of the full-resolution video (None: max(H, W), as Vid2Avatar assumes)."""
-    body: str = "anny"
+    body: Literal["anny", "smpl", "smplx"] = "anny"
     """Body model: anny (built in), smpl or smplx (need body_model_dir)."""
     body_model_dir: str | None = None
     """Folder with the SMPL / SMPL-X model files."""
-    device: str = "cpu"
+    device: Literal["cpu", "cuda"] = "cpu"
     """Torch device of the body fit: cpu or cuda."""
     overwrite: bool = False
     """Replace an existing project at the target (only once the new one is complete)."""
@@ -98,10 +99,12 @@ class PreprocessConfig:
     def validate(self) -> None:
         """Raises UserError naming the first bad value."""
         self.decode_config().validate()
+        for name, typ in get_type_hints(PreprocessConfig).items():  # the choices are declared on the fields
+            allowed = get_args(typ) if get_origin(typ) is Literal else ()
+            if allowed and getattr(self, name) not in allowed:
+                raise UserError(f"--{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r}).")
         if self.focal is not None and not (math.isfinite(self.focal) and self.focal > 0):
             raise UserError(f"--focal must be a positive number of pixels (got {self.focal}).")
-        if self.body not in BODY_MODELS:
-            raise UserError(f"--body must be one of {', '.join(BODY_MODELS)} (got {self.body!r}).")
         if not 1 <= self.sheet_frames <= 64:
             raise UserError(f"sheet frames must be between 1 and 64 (got {self.sheet_frames}).")
         if not 0 <= self.poor_iou <= 1:
@@ -339,8 +342,7 @@ def preprocess_job(video: str | Path, project_dir: str | Path, config: Preproces
 def _write_overlay(stage: Path, body, track: PersonTrack, fit: BodyFitResult, camera, fps: float,
                    config: PreprocessConfig, cancel: CancelToken) -> Iterator[Event]:
     """overlay.mp4 (every frame) and overlay_sheet.png (a few frames, the worst fitted among them)."""
-    # Imported here: open3d takes 1.5 s to import, which refusals of bad input should not wait for.
-    from engine.io.video import Mp4Writer
+    # Imported here: overlay.py imports open3d (1.5 s), which refusals of bad input should not wait for.
     from engine.preprocess.overlay import OverlayRenderer, contact_sheet, sheet_frames
 
     n = track.num_frames
@@ -350,12 +352,10 @@ def _write_overlay(stage: Path, body, track: PersonTrack, fit: BodyFitResult, ca
     tiles: dict[int, np.ndarray] = {}
     yield Progress(STAGES[3], 0, n)
     with Mp4Writer(stage / OVERLAY_VIDEO, min(max(fps, 1.0), 60.0)) as writer, torch.no_grad():
-        # The rest shape once, then plain LBS per frame (posed_vertices(frame) redoes the shape: 10x slower).
-        rest = body.rest_vertices(fit.params.shape)
-        tfs = body.bone_transforms(fit.params)  # [N, J, 4, 4]
+        _, posed = body.posed(fit.params)  # [N, V, 3]
         for i in range(n):
             cancel.check()
-            verts = lbs(rest, body.skin_weights, tfs[i]).numpy()
+            verts = posed[i].numpy()
             img = renderer.draw(track.frames[i], verts, track.masks[i], _label(i, track, fit))
             writer.write(img)
             if i in picks:

@@ -28,15 +28,14 @@ import torch
 
 from engine.errors import UserError
 from engine.evaluation import live_frames, live_scores
-from engine.io import torchfile
+from engine.io import atomic, torchfile
 from engine.jobs.events import CancelToken, Done, Event, Log, Progress
 from engine.prior import distributed
-from engine.refine.prior_file import is_shared, save_prior, shared_parameters, tie_shared
-from engine.io import atomic
 from engine.project import Project
-from engine.refine.config import PRESETS, load_preset
-from engine.refine.loop import Optimizers, _step, apply_schedule
+from engine.refine.config import MorphLoss, Preset, PriorShares, check_choices, load_preset
+from engine.refine.prior_file import is_shared, save_prior, shared_parameters, tie_shared
 from engine.refine.session import Session, open_session
+from engine.refine.steps import Optimizers, StepDriver, TrainData, adam, random_streams
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ class PriorConfig:
     """If > 0, each visit lasts this many seconds instead of a number of steps."""
     eval_every: int = 1
     """Score each video's held-out frame every this many rounds (0: never)."""
-    preset: str = "fast"
+    preset: Preset = "fast"
     """Refinement preset whose fields and losses are trained."""
     seed: int = 0
     """Random seed."""
@@ -68,13 +67,13 @@ class PriorConfig:
     """Train the seed thesis's geometry encoder too (shared across videos)."""
     morph_factor: float = 0.5
     """Morphing factor μ of the geometry encoder."""
-    morph_loss: str = "v2"
+    morph_loss: MorphLoss = "v2"
     """Morphing loss: v1 (sum of displacement norms) or v2 (mean)."""
     w_morph: float = 0.01
     """Weight of the morphing loss."""
     video_code_dim: int = 16
     """Size of each video's latent code (0: none; the shared fields must then fit every video alike)."""
-    shares: str = "geometry"
+    shares: PriorShares = "geometry"
     """What the prior shares: geometry (each video keeps its own colour field) or all (colour too)."""
 
     def validate(self) -> None:
@@ -84,8 +83,7 @@ class PriorConfig:
             raise UserError("a visit needs --visit-steps ≥ 1 or --visit-seconds > 0.")
         if self.eval_every < 0:
             raise UserError("--eval-every must be 0 or more.")
-        if self.preset not in PRESETS:
-            raise UserError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
+        check_choices(self)
 
 
 @dataclass
@@ -94,9 +92,7 @@ class _Video:
     index: int
     session: Session
     opt: Optimizers
-    train: list[int]
-    images: dict
-    masks: dict
+    driver: StepDriver
 
 
 def _keys(dirs: list[Path]) -> list[str]:
@@ -227,8 +223,7 @@ def prior_train_job(project_dirs: list[str | Path], out_dir: str | Path, config:
     avatars = [s.avatar for s in sessions]
     tie_shared(avatars)
     shared = shared_parameters(avatars[0])
-    eps = 1e-12 if cfg.sdf == "hash" else 1e-8
-    shared_opt = torch.optim.Adam(list(shared.values()), lr=cfg.lr, eps=eps)
+    shared_opt = adam(list(shared.values()), cfg)
     _init_adam_state(shared_opt)
     round0 = 0
     if state is not None:
@@ -245,11 +240,10 @@ def prior_train_job(project_dirs: list[str | Path], out_dir: str | Path, config:
         own = [p for n, p in s.avatar.named_parameters()
                if p.requires_grad and not is_shared(n, cfg.prior_shares) and not n.startswith(("pose_delta", "transl_delta"))]
         own = Optimizers.for_avatar(s.avatar, cfg, own)
-        own_opt, body_opt = own.fields, own.body
-        train = s.project.train_frames
-        v = _Video(keys[i], i, s, Optimizers([shared_opt, own_opt], body_opt), train,
-                   {f: torch.as_tensor(s.project.frame(f), device=s.device) for f in train},
-                   {f: torch.as_tensor(s.project.mask(f), device=s.device) for f in train})
+        own_opt, body_opt = own.field_opts[0], own.body
+        opt = Optimizers([shared_opt, own_opt], body_opt)
+        driver = StepDriver(s, opt, TrainData.of(s), opt.base_lrs(cfg), *random_streams(config.seed, i * 1009, s.device))
+        v = _Video(keys[i], i, s, opt, driver)
         vf = vdir / f"{v.key}.pt"
         if state is not None and vf.exists():
             vs = _load_torch(vf, "video state")
@@ -259,7 +253,6 @@ def prior_train_job(project_dirs: list[str | Path], out_dir: str | Path, config:
                 body_opt.load_state_dict(vs["body_optimizer"])
             s.step = int(vs["step"])
         videos.append(v)
-    base_lrs = [cfg.lr, cfg.lr] + ([cfg.lr_pose] if cfg.lr_pose > 0 else [])
     if round0 >= config.rounds:
         yield Log(f"{out} already holds all {config.rounds} rounds; nothing to do (raise --rounds to go on).")
     elif round0:
@@ -280,7 +273,7 @@ def prior_train_job(project_dirs: list[str | Path], out_dir: str | Path, config:
                 k = slot * world + rank
                 v = videos[slot] if k < len(dirs) else None
                 if v is not None:
-                    row = yield from _visit(v, config, base_lrs, rnd, cancel, done_steps, total)
+                    row = yield from _visit(v, config, rnd, cancel, done_steps, total)
                     done_steps += row["steps"]
                     steps_round += row["steps"]
                     compute_s += row["seconds"]
@@ -307,8 +300,7 @@ def prior_train_job(project_dirs: list[str | Path], out_dir: str | Path, config:
                 all_rows = sorted((r for s in everyone for r in s["rows"]), key=lambda r: r["video"])
                 history += all_rows
                 yield from _round_report(rnd, config.rounds, everyone, all_rows)
-                _write_outputs(out, shared, shared_opt, cfg, cfg_dict, keys, body_model, rnd + 1, everyone, history,
-                               sum(s["steps"] for s in everyone))
+                _write_outputs(out, shared, shared_opt, cfg, cfg_dict, keys, body_model, rnd + 1, everyone, history)
     except distributed.RankLost as e:
         raise distributed.RankLost(f"{e}. {out} keeps the last complete round: run the same command again to "
                                    "resume.") from e
@@ -330,15 +322,15 @@ def prior_train_job(project_dirs: list[str | Path], out_dir: str | Path, config:
     yield Done(summary)
 
 
-def _visit(v: _Video, config: PriorConfig, base_lrs: list[float], rnd: int, cancel: CancelToken, done0: int,
+def _visit(v: _Video, config: PriorConfig, rnd: int, cancel: CancelToken, done0: int,
            total: int) -> Iterator[Event]:
     """Trains one video for one visit; returns its log row."""
     s = v.session
-    gen = torch.Generator().manual_seed(config.seed * 100003 + v.index * 1009 + rnd)
-    rng = np.random.default_rng(config.seed * 7919 + v.index * 31 + rnd)
+    v.driver.gen, v.driver.rng = random_streams(config.seed, v.index * 1009 + rnd, s.device)
+    v.driver.mark_good()
     n = config.visit_steps
     sums: dict[str, float] = {}
-    steps, skipped = 0, 0
+    steps = 0
     t0 = time.perf_counter()
     while True:
         if config.visit_seconds > 0:
@@ -348,16 +340,12 @@ def _visit(v: _Video, config: PriorConfig, base_lrs: list[float], rnd: int, canc
         if frac >= 1:
             break
         cancel.check()
-        p = min(1.0, (rnd + frac) / config.rounds)
-        apply_schedule(s, v.opt, base_lrs, p)
-        values = _step(s, v.opt, v.train, v.images, v.masks, s.cfg.rays, s.cfg.fine_samples, p, gen, rng)
+        values, warning = v.driver.step(min(1.0, (rnd + frac) / config.rounds))
+        if warning:
+            yield Log(f"{v.key}: {warning}", level="warning")
         if values is None:
-            skipped += 1
-            if skipped > 20:
-                raise UserError(f"{v.key}: training diverged (non-finite losses); lower the learning rate.")
             continue
         steps += 1
-        s.step += 1
         for key, val in values.items():
             sums[key] = sums.get(key, 0.0) + val
         yield Progress("prior training", done0 + steps, total if config.visit_seconds <= 0 else 0)
@@ -395,7 +383,7 @@ def _round_report(rnd: int, rounds: int, everyone: list[dict], rows: list[dict])
 
 
 def _write_outputs(out: Path, shared: dict, shared_opt, cfg, cfg_dict, keys, body_model, rounds_done, everyone,
-                   history, steps_round) -> None:
+                   history) -> None:
     log_beta = float(np.median([b for s in everyone for b in s["log_beta"]]))
     codes = [c for s in everyone for c in s["codes"]]
     extra = {"video_code": np.mean(codes, 0).tolist()} if codes else {}

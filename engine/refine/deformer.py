@@ -69,12 +69,9 @@ class Deformer:
             pose = pose.index_add(0, torch.tensor(self.pose_bones), pose_delta.cpu())
             transl = transl + transl_delta.cpu()
         p = BodyParams(self.shape, pose[None], orient[None], transl[None])
-        tf = self.body.bone_transforms(p)[0]
-        with torch.no_grad():
-            from engine.geometry.lbs import lbs
-
-            verts = lbs(self.rest, self.body.skin_weights, tf).numpy()
-        return FramePose(i, tf.to(self.device), verts, cKDTree(verts[self.lookup]))
+        tfs, verts = self.body.posed(p, rest=self.rest)
+        verts = verts[0].detach().numpy()
+        return FramePose(i, tfs[0].to(self.device), verts, cKDTree(verts[self.lookup]))
 
     def to_canonical(self, x: torch.Tensor, fp: FramePose) -> tuple[torch.Tensor, torch.Tensor]:
         """World points [P, 3] → canonical points [P, 3] and distance to the body [P]."""

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from engine.errors import UserError
 from engine.jobs.events import CancelToken, Done, Event, Progress
-from engine.mesh import Mesh, decimate, pose_mesh, write_mesh, write_sequence
+from engine.mesh import Mesh, UpAxis, decimate, write_mesh, write_sequence
+from engine.refine.config import check_choices
 from engine.refine.session import Session, open_session
 
 
@@ -22,7 +23,7 @@ class ExportConfig:
     """Decimate to at most this many triangles (None: keep all)."""
     frame: int | None = None
     """Pose the mesh into this frame (None: canonical star pose)."""
-    up: str = "y"
+    up: UpAxis = "y"
     """Up axis of the written file: y (Blender, most tools) or z."""
 
     def validate(self, num_frames: int) -> None:
@@ -32,19 +33,12 @@ class ExportConfig:
             raise UserError(f"--faces must be at least 100 (got {self.faces}).")
         if self.frame is not None and not 0 <= self.frame < num_frames:
             raise UserError(f"--frame must be between 0 and {num_frames - 1} (got {self.frame}).")
-        if self.up not in ("y", "z"):
-            raise UserError(f"--up must be y or z (got {self.up!r}).")
+        check_choices(self)
 
 
 def canonical_mesh(session: Session, cfg: ExportConfig) -> Mesh:
     mesh = session.canonical_mesh(cfg.resolution)
     return decimate(mesh, cfg.faces) if cfg.faces else mesh
-
-
-def posed_mesh(session: Session, canonical: Mesh, frame: int) -> Mesh:
-    fp = session.frame_pose(frame)
-    return pose_mesh(canonical, session.body, session.params.shape, fp.transforms.detach().cpu(),
-                     session.deformer.canonical_vertices)
 
 
 def export_job(project_dir: str | Path, out: str | Path, cfg: ExportConfig = ExportConfig(), sequence: bool = False,
@@ -65,7 +59,7 @@ def export_job(project_dir: str | Path, out: str | Path, cfg: ExportConfig = Exp
         def frames():
             for i in range(n):
                 cancel.check()
-                yield posed_mesh(session, mesh, i)
+                yield session.posed_mesh(mesh, i)
 
         if fmt not in ("obj", "ply"):
             raise UserError(f"--format must be obj or ply (got {fmt!r}).")
@@ -73,7 +67,7 @@ def export_job(project_dir: str | Path, out: str | Path, cfg: ExportConfig = Exp
         yield Done({"files": [str(p) for p in paths], "faces": mesh.num_faces})
         return
     if cfg.frame is not None:
-        mesh = posed_mesh(session, mesh, cfg.frame)
+        mesh = session.posed_mesh(mesh, cfg.frame)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it.")
     write_mesh(out, mesh, up=cfg.up)

@@ -1,10 +1,8 @@
-"""`fit`: the self-supervised optimisation, as a job yielding events (DESIGN.md §4, §6)."""
+"""`fit`: the self-supervised optimisation of one video, as a job yielding events (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,20 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from engine.errors import UserError
-from engine.jobs.pacing import TimeShare
-from engine.jobs.events import CancelToken, Done, Event, Log, Losses, MeshReady, Preview, Progress
 from engine.io import atomic
+from engine.jobs.events import CancelToken, Done, Event, Log, Losses, MeshReady, Preview, Progress
+from engine.jobs.pacing import TimeShare
 from engine.refine.checkpoint import checkpoint_path, save_checkpoint
 from engine.refine.config import RefineConfig
-from engine.refine.raymarch import body_box, pixel_rays, render_rays
 from engine.refine.session import Session, open_session
+from engine.refine.steps import Optimizers, StepDriver, TrainData, body_points, incremental, random_streams
 
 log = logging.getLogger(__name__)
-
-MAX_BAD_STEPS = 5  # consecutive non-finite steps before rolling back to the last good state
 
 
 @dataclass(frozen=True)
@@ -54,7 +49,7 @@ class FitBudget:
     t seconds the next waits until training has run t·(1 − share)/share seconds (1: no limit)."""
 
 
-def _progress(session: Session, budget: FitBudget, t0: float, step0: int) -> float:
+def _progress(session: Session, budget: FitBudget, t0: float) -> float:
     """Fraction of the run's schedule done, in [0, 1] (by steps or by time, whichever is set)."""
     fr = []
     if budget.iters:
@@ -62,57 +57,6 @@ def _progress(session: Session, budget: FitBudget, t0: float, step0: int) -> flo
     if budget.minutes:
         fr.append((time.perf_counter() - t0) / (60 * budget.minutes))
     return float(min(1.0, max(fr))) if fr else 0.0
-
-
-def _incremental(cfg: RefineConfig, p: float) -> tuple[int, int]:
-    """Rays and fine samples per ray for schedule position p (seed thesis: rays up, samples down)."""
-    if cfg.incremental == "none":
-        return cfg.rays, cfg.fine_samples
-    q = p if cfg.incremental == "linear" else p * p
-    rays = int(cfg.rays * (0.5 + 0.5 * q))
-    fine = max(4, int(round(cfg.fine_samples * (2.0 - q))))
-    return rays, fine
-
-
-class Optimizers:
-    """Adam for the fields (one, or several: a prior's shared fields and a video's own parts), sparse Adam
-    for the per-frame body refinements; one interface, param groups in that order."""
-
-    def __init__(self, fields: list[torch.optim.Optimizer], body: torch.optim.SparseAdam | None) -> None:
-        self.field_opts, self.body = fields, body
-        self.fields = fields[0]
-        self._all = fields + ([body] if body else [])
-        self.param_groups = [g for o in self._all for g in o.param_groups]
-
-    @staticmethod
-    def for_avatar(av, cfg: RefineConfig, params: list | None = None) -> Optimizers:
-        """Adam over `params` (default: all the avatar's field parameters) and sparse Adam over its body."""
-        fields = torch.optim.Adam(av.field_parameters() if params is None else params, lr=cfg.lr,
-                                  eps=1e-12 if cfg.sdf == "hash" else 1e-8)
-        body = torch.optim.SparseAdam(av.body_parameters(), lr=cfg.lr_pose) if cfg.lr_pose > 0 else None
-        return Optimizers([fields], body)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for o in self._all:
-            o.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        for o in self._all:
-            o.step()
-
-    def state_dict(self) -> dict:
-        return {"fields": self.fields.state_dict(), "body": self.body.state_dict() if self.body else None}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.fields.load_state_dict(state["fields"])
-        if self.body is not None and state.get("body") is not None:
-            self.body.load_state_dict(state["body"])
-
-
-def _eikonal_points(session: Session, n: int, gen: torch.Generator) -> torch.Tensor:
-    cv = session.deformer.canonical_vertices
-    idx = torch.randint(0, len(cv), (n,), generator=gen)
-    return (cv[idx] + 0.03 * torch.randn(n, 3, generator=gen)).to(session.device)
 
 
 def _state(session: Session, opt: torch.optim.Optimizer, elapsed: float) -> dict:
@@ -127,24 +71,6 @@ def _state(session: Session, opt: torch.optim.Optimizer, elapsed: float) -> dict
     }
 
 
-def apply_schedule(session: Session, opt: Optimizers, base_lrs: list[float], p: float) -> None:
-    """Sets what changes over a run at schedule position p in [0, 1]: learning rates, the start of body
-    refinement, the unlocked hash levels and the density-scale cap."""
-    cfg, av = session.cfg, session.avatar
-    for g, lr in zip(opt.param_groups, base_lrs):
-        g["lr"] = lr * (0.1**p)
-    if opt.body is not None:
-        # The body is only refined once the fields explain the frames roughly (cfg.pose_start),
-        # at a constant rate; earlier, photometric gradients would push poses to fit a wrong shape.
-        opt.body.param_groups[0]["lr"] = base_lrs[-1] * min(1.0, max(0.0, (p - cfg.pose_start) / 0.2))
-    if cfg.sdf == "hash":
-        L = cfg.hash_levels
-        k = L if cfg.coarse_to_fine <= 0 else min(L, 4 + int((L - 4) * p / cfg.coarse_to_fine))
-        av.sdf.grid.set_active_levels(k)
-    if cfg.beta_end > 0:
-        av.beta_cap.fill_(cfg.beta_init * (cfg.beta_end / cfg.beta_init) ** min(1.0, p / 0.6))
-
-
 def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget: FitBudget = FitBudget(iters=1000),
             device: str = "cpu", body_model_dir: str | None = None, cancel: CancelToken | None = None,
             prior: str | Path | None = None, prior_mode: str = "refine") -> Iterator[Event]:
@@ -157,28 +83,23 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
     if session.checkpoint is not None:
         yield Log(f"resuming from step {session.step} (checkpoint {checkpoint_path(session.project.root)})")
     atomic.write_json(session.project.root / "refine_config.json", cfg.to_dict())
-    train = session.project.train_frames or list(range(session.project.num_frames))
     opt = Optimizers.for_avatar(av, cfg)
     if session.checkpoint is not None and "optimizer" in session.checkpoint:
         try:
             opt.load_state_dict(session.checkpoint["optimizer"])
         except (ValueError, KeyError) as e:
             raise UserError(f"checkpoint optimiser state does not match this configuration: {e}") from e
-    # From the config, not the optimiser: a resumed optimiser state carries already-decayed rates.
-    base_lrs = [cfg.lr] + ([cfg.lr_pose] if opt.body is not None else [])
-    gen = torch.Generator().manual_seed(cfg.seed * 100003 + session.step)
-    rng = np.random.default_rng(cfg.seed * 7919 + session.step)
-    images = {i: torch.as_tensor(session.project.frame(i), device=dev) for i in train}
-    masks = {i: torch.as_tensor(session.project.mask(i), device=dev) for i in train}
+    gen, rng = random_streams(cfg.seed, session.step, dev)
+    data = TrainData.of(session)
     t0 = time.perf_counter()  # the MLP's body initialisation counts against the budget too
     if cfg.sdf == "mlp" and session.checkpoint is None:
         yield from _pretrain_mlp(session, gen, cancel)
 
     step0 = session.step
+    # From the config, not the optimiser: a resumed optimiser state carries already-decayed rates.
+    driver = StepDriver(session, opt, data, opt.base_lrs(cfg), gen, rng)
     preview_gate, mesh_gate = TimeShare(budget.preview_share), TimeShare(budget.preview_share)
     elapsed0 = float(session.checkpoint.get("elapsed", 0.0)) if session.checkpoint else 0.0
-    good = copy.deepcopy((av.state_dict(), opt.state_dict()))
-    bad = 0
     total = budget.iters or 0
     yield Progress("refine", session.step, total)
 
@@ -203,30 +124,20 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
     try:
         while not done():
             cancel.check()
-            p = _progress(session, budget, t0, step0)
-            apply_schedule(session, opt, base_lrs, p)
-            n_rays, fine = _incremental(cfg, p)
+            p = _progress(session, budget, t0)
+            n_rays, fine = incremental(cfg, p)
             ts = time.perf_counter()
-            values = _step(session, opt, train, images, masks, n_rays, fine, p, gen, rng)
+            values, warning = driver.step(p, n_rays, fine)
             dt = time.perf_counter() - ts
+            if warning:
+                yield Log(warning, level="warning")
             if values is None:
-                bad += 1
-                log.warning("step %d: non-finite loss or gradient, step skipped", session.step)
-                yield Log(f"step {session.step}: non-finite loss, step skipped", level="warning")
-                if bad >= MAX_BAD_STEPS:
-                    av.load_state_dict(good[0])
-                    opt.load_state_dict(good[1])
-                    base_lrs = [lr * 0.5 for lr in base_lrs]
-                    bad = 0
-                    yield Log("rolled back to the last good state and halved the learning rates", level="warning")
                 continue
-            bad = 0
-            session.step += 1
             yield Losses(session.step, values, rays_per_s=n_rays / max(dt, 1e-9))
             yield Progress("refine", session.step, total)
             if session.step % budget.checkpoint_every == 0:
                 checkpoint()
-                good = copy.deepcopy((av.state_dict(), opt.state_dict()))
+                driver.mark_good()
             if budget.preview_every and session.step % budget.preview_every == 0 and preview_gate.ready():
                 yield from live_views(preview=True)
             if budget.mesh_every and session.step % budget.mesh_every == 0 and mesh_gate.ready():
@@ -254,100 +165,13 @@ def _preview(session: Session, frame: int, stride: int = 1) -> Preview:
                    (0.5 + 0.5 * r["normals"]).astype(np.float32), r["opacity"])
 
 
-def _step(session: Session, opt, train, images, masks, n_rays, fine, p, gen, rng) -> dict | None:
-    cfg, av, dev = session.cfg, session.avatar, session.device
-    f = int(rng.choice(train))
-    cam = session.cameras[f]
-    fp = session.frame_pose(f, images[f])
-    # Rays: most inside the projected body's box (no mask needed), the rest anywhere.
-    lo, hi = body_box(cam, fp.vertices)
-    n_in = int(n_rays * cfg.person_ray_fraction)
-    pin = rng.uniform(lo, hi + 1, size=(n_in, 2)).astype(int)
-    pout = rng.uniform([0, 0], [cam.width, cam.height], size=(n_rays - n_in, 2)).astype(int)
-    pix = np.clip(np.concatenate([pin, pout]), 0, [cam.width - 1, cam.height - 1])
-    o, d = pixel_rays(cam, pix, dev)
-    pt = torch.as_tensor(pix, device=dev)
-    gt = images[f][pt[:, 1], pt[:, 0]]
-    gm = masks[f][pt[:, 1], pt[:, 0]].float()
-
-    out = render_rays(av, session.deformer, fp, o, d, cfg.coarse_samples, fine, cfg.sampler, cfg.shell, gen)
-    pred = out.rgb + (1 - out.opacity[:, None]) * av.background_at(pt)
-    losses = {"rgb": cfg.w_rgb * (pred - gt).abs().mean()}
-    op = out.opacity.clamp(1e-4, 1 - 1e-4)
-    if cfg.w_mask > 0:
-        # Written out (not F.binary_cross_entropy, which raises on NaN): a diverged step must be skippable.
-        losses["mask"] = cfg.w_mask * -(gm * op.log() + (1 - gm) * (1 - op).log()).mean()
-    if cfg.w_bce > 0:
-        losses["bce"] = cfg.w_bce * (-(op * op.log() + (1 - op) * (1 - op).log())).mean()
-    off = out.body_dist > 0.1
-    if cfg.w_sparse > 0 and off.any():
-        losses["sparse"] = cfg.w_sparse * min(1.0, p / 0.2) * out.opacity[off].mean()
-    if not cfg.freeze_shared:
-        # Eikonal (forward differences) and in-shape on canonical points near the body.
-        xe = _eikonal_points(session, cfg.eikonal_points, gen)
-        h = 0.002
-        s0, _ = av.sdf(xe)
-        grads = [(av.sdf(xe + h * torch.eye(3, device=dev)[k])[0] - s0) / h for k in range(3)]
-        gnorm = torch.stack(grads, -1).norm(dim=-1)
-        losses["eikonal"] = cfg.w_eikonal * ((gnorm - 1) ** 2).mean()
-        with torch.no_grad():
-            deep = av.sdf.body_sdf(xe) < -0.02
-        if cfg.w_inshape > 0 and deep.any():
-            losses["inshape"] = cfg.w_inshape * F.relu(s0[deep]).mean()
-    if cfg.time_consistency != "none" and len(train) > 1:
-        k = train.index(f)
-        g = train[k + 1] if k + 1 < len(train) else train[k - 1]
-        if cfg.time_consistency == "displacement":
-            losses["time"] = cfg.w_time * ((av.frame_deltas(f)[0] - av.frame_deltas(g)[0]) ** 2).sum() * 100
-        elif len(out.points_w):
-            fg = session.frame_pose(g, images[g])
-            xc_g, _ = session.deformer.to_canonical(out.points_w[:1024], fg)
-            s_f, _ = av.sdf(out.points_c[:1024])
-            s_g, _ = av.sdf(xc_g)
-            losses["time"] = cfg.w_time * (s_f - s_g).abs().mean()
-    if out.morph is not None and len(out.morph):
-        losses["morph"] = cfg.w_morph * (out.morph.sum() if cfg.morph_loss == "v1" else out.morph.mean())
-    if cfg.lr_pose > 0:
-        # Weak prior: refinements stay small unless the pixels insist.
-        d_pose, d_tr = av.frame_deltas(f)
-        losses["pose_prior"] = 0.1 * ((d_pose**2).sum() + (d_tr**2).sum())
-        k = train.index(f)
-        if cfg.w_pose_smooth > 0 and 0 < k < len(train) - 1:
-            # Motion is smooth, per-frame fitting errors are not: pull each pose toward its neighbours'.
-            a, b = train[k - 1], train[k + 1]
-            w = (f - a) / (b - a)
-            full = session.deformer.semantic_pose
-            target = (1 - w) * (full[a] + av.frame_deltas(a)[0]) + w * (full[b] + av.frame_deltas(b)[0])
-            losses["pose_smooth"] = cfg.w_pose_smooth * ((full[f] + d_pose - target) ** 2).sum()
-    total = sum(losses.values())
-    opt.zero_grad(set_to_none=True)
-    if not torch.isfinite(total):
-        return None
-    total.backward()
-    for group in opt.param_groups:
-        for prm in group["params"]:
-            g = prm.grad
-            if g is not None and g.is_sparse:
-                g = g.coalesce().values()
-            if g is not None and not torch.isfinite(g).all():
-                opt.zero_grad(set_to_none=True)
-                return None
-    opt.step()
-    values = {k: float(v.detach()) for k, v in losses.items()}
-    values["total"] = float(total.detach())
-    values["beta"] = float(av.beta.detach())
-    with torch.no_grad():
-        values["psnr_batch"] = float(-10 * math.log10(max(float(((pred - gt) ** 2).mean()), 1e-10)))
-    return values
-
-
 def _pretrain_mlp(session: Session, gen: torch.Generator, cancel: CancelToken, steps: int = 200) -> Iterator[Event]:
     """Vid2Avatar initialises its MLP to the naked body's SDF: fit it to the body grid first."""
     av = session.avatar
     opt = torch.optim.Adam(av.sdf.parameters(), lr=1e-3)
     for s in range(steps):
         cancel.check()
-        x = _eikonal_points(session, 2048, gen)
+        x = body_points(session, 2048, gen)
         x = torch.cat([x, x + 0.1 * torch.randn_like(x, device=x.device)])
         with torch.no_grad():
             target = av.sdf.body(x)

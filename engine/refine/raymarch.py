@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from engine.refine.avatar import Avatar
@@ -141,22 +140,3 @@ def render_rays(avatar: Avatar, deformer: Deformer, fp: FramePose, origins: torc
     near_surface = (sdf.abs() < 0.05) & (dist < shell)
     morph = disp[dist < shell].norm(dim=-1) if disp is not None else None
     return RaysOut(rgb, opacity, depth, body_dist, xc[near_surface], pts.reshape(-1, 3)[near_surface], morph)
-
-
-def body_box(camera, vertices: np.ndarray, margin: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
-    """Image box (x, y) of the projected body grown by `margin` pixels, clipped to the image."""
-    from engine.geometry.camera import project
-
-    uv = project(vertices, camera)
-    top = [camera.width - 1, camera.height - 1]
-    return np.clip(uv.min(0) - margin, 0, top), np.clip(uv.max(0) + margin, 0, top)
-
-
-def pixel_rays(camera, pix: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rays through pixel centres: pix [R, 2] (x, y) → origins, unit dirs [R, 3] (world)."""
-    p = np.concatenate([pix + 0.5, np.ones((len(pix), 1))], 1)
-    d = p @ np.linalg.inv(camera.K).T @ camera.R
-    d /= np.linalg.norm(d, axis=1, keepdims=True)
-    o = np.repeat(camera.center[None], len(d), 0)
-    return (torch.as_tensor(o, dtype=torch.float32, device=device),
-            torch.as_tensor(d, dtype=torch.float32, device=device))

@@ -13,15 +13,17 @@ import torch
 from engine.body import BodyConfig, BodyModel, BodyParams, create_body_model
 from engine.errors import UserError
 from engine.fields.body_sdf import BodySDFGrid
-from engine.geometry.camera import Camera, project
-from engine.mesh import Mesh, color_mesh, extract_mesh
+from engine.geometry.camera import Camera, pixel_rays
+from engine.mesh import Mesh, color_mesh, extract_mesh, pose_mesh
 from engine.project import Project
 from engine.refine.avatar import Avatar
 from engine.refine.checkpoint import checkpoint_path, load_checkpoint
 from engine.refine.config import RefineConfig
-from engine.refine.prior_file import load_prior
 from engine.refine.deformer import Deformer, FramePose
-from engine.refine.raymarch import body_box, canonical_points, pixel_rays, render_rays
+from engine.refine.losses import composite, image_losses
+from engine.refine.prior_file import load_prior
+from engine.refine.raymarch import render_rays
+from engine.refine.render import TRAIN_MARGIN_PX, person_box, render_frame, world_normals
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ class Session:
         cam = self.cameras[i]
         image = torch.as_tensor(self.project.frame(i), device=self.device)
         mask = torch.as_tensor(self.project.mask(i), device=self.device).float()
-        lo, hi = body_box(cam, self.deformer.frame(i, base=base).vertices)
+        lo, hi = person_box(cam, self.deformer.frame(i, base=base).vertices, margin_px=TRAIN_MARGIN_PX)
         with torch.no_grad():
             enc = self._with_encoding(self.deformer.frame(i, base=base), image)
         g = np.random.default_rng(i)
@@ -91,11 +93,9 @@ class Session:
                 out = render_rays(av, self.deformer, fp, o, d, cfg.coarse_samples, cfg.fine_samples, cfg.sampler,
                                   cfg.shell)
                 pt = torch.as_tensor(pix, device=self.device)
-                pred = out.rgb + (1 - out.opacity[:, None]) * av.background_at(pt)
-                op = out.opacity.clamp(1e-4, 1 - 1e-4)
-                gm = mask[pt[:, 1], pt[:, 0]]
-                loss = ((pred - image[pt[:, 1], pt[:, 0]]).abs().mean()
-                        - 0.5 * (gm * op.log() + (1 - gm) * (1 - op).log()).mean())
+                terms = image_losses(cfg, out, composite(av, out, pt), image[pt[:, 1], pt[:, 0]],
+                                     mask[pt[:, 1], pt[:, 0]], terms=("rgb", "mask"))
+                loss = sum(terms.values())
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -175,63 +175,15 @@ class Session:
         return d_tr - (d_tr @ z) * z
 
     # ---- rendering --------------------------------------------------------------------------
-    @torch.no_grad()
-    def render_frame(self, i: int, chunk: int = 8192, coarse: int | None = None, fine: int | None = None,
-                     stride: int = 1) -> dict:
-        """Full-frame render: rgb (composited), fg opacity, world normals, depth; numpy [H, W, ...].
-
-        With stride s > 1 only every s-th pixel of every s-th row is rendered (s² fewer rays) and each
-        fills its s×s block, so the arrays keep the frame's size (a cheap live preview)."""
-        cam = self.cameras[i]
-        fp = self.frame_pose(i)
-        H, W = cam.height, cam.width
-        bg = torch.sigmoid(self.avatar.background).cpu().numpy()
-        rgb = bg.copy()
-        opacity = np.zeros((H, W), np.float32)
-        normals = np.zeros((H, W, 3), np.float32)
-        depth = np.zeros((H, W), np.float32)
-        uv = project(fp.vertices, cam)
-        m = 0.25 * cam.K[0, 0] / max(float(np.median(cam.t[2:])), 1.0) + 8  # ~25 cm margin in pixels
-        x0, y0 = np.clip(np.floor(uv.min(0) - m), 0, [W - 1, H - 1]).astype(int)
-        x1, y1 = np.clip(np.ceil(uv.max(0) + m), 0, [W - 1, H - 1]).astype(int)
-        xs, ys = np.meshgrid(np.arange(x0 - x0 % stride, x1 + 1, stride), np.arange(y0 - y0 % stride, y1 + 1, stride))
-        pix = np.stack([xs.ravel(), ys.ravel()], 1)
-        cfg = self.cfg
-        for s in range(0, len(pix), chunk):
-            p = pix[s : s + chunk]
-            o, d = pixel_rays(cam, p, self.device)
-            out = render_rays(self.avatar, self.deformer, fp, o, d, coarse or cfg.coarse_samples,
-                              fine or cfg.fine_samples, cfg.sampler, cfg.shell)
-            op = out.opacity.cpu().numpy()
-            fg = out.rgb.cpu().numpy()
-            dep = out.depth.cpu().numpy()
-            n = np.zeros((len(p), 3), np.float32)
-            hit = op > 0.5
-            if hit.any():
-                x = (o[hit] + d[hit] * out.depth[hit, None])
-                n[hit] = self.world_normals(x, fp).cpu().numpy()
-            for dy in range(stride):  # each rendered pixel fills its stride × stride block
-                for dx in range(stride):
-                    q = p + [dx, dy]
-                    ok = (q[:, 0] <= x1) & (q[:, 1] <= y1)
-                    qx, qy = q[ok, 0], q[ok, 1]
-                    rgb[qy, qx] = fg[ok] + (1 - op[ok, None]) * bg[qy, qx]
-                    opacity[qy, qx] = op[ok]
-                    depth[qy, qx] = dep[ok]
-                    normals[qy, qx] = n[ok]
-        return {"rgb": np.clip(rgb, 0, 1), "opacity": opacity, "normals": normals, "depth": depth}
+    def render_frame(self, i: int, stride: int = 1, fill: bool = True, normals: bool = True, **kw) -> dict:
+        """Frame i of the avatar as it stands (engine/refine/render.py `render_frame`: stride, fill,
+        normals, chunk and sample counts)."""
+        return render_frame(self.avatar, self.deformer, self.frame_pose(i), self.cameras[i], self.cfg,
+                            stride=stride, fill=fill, normals=normals, **kw)
 
     def world_normals(self, x: torch.Tensor, fp: FramePose, h: float = 0.004) -> torch.Tensor:
         """Unit normals of the posed surface at world points [P, 3] (central differences)."""
-        cols = []
-        for k in range(3):
-            e = torch.zeros(3, device=x.device)
-            e[k] = h
-            sp, _ = self.avatar.sdf(canonical_points(self.avatar, self.deformer, fp, x + e)[0])
-            sm, _ = self.avatar.sdf(canonical_points(self.avatar, self.deformer, fp, x - e)[0])
-            cols.append((sp - sm) / (2 * h))
-        g = torch.stack(cols, -1)
-        return g / g.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+        return world_normals(self.avatar, self.deformer, fp, x, h)
 
     # ---- meshes -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -254,6 +206,13 @@ class Session:
         lo, hi = cv.min(0) - self.cfg.shell, cv.max(0) + self.cfg.shell
         mesh = extract_mesh(sdf_fn, lo, hi, resolution=resolution, band_fn=band_fn, band=self.cfg.shell)
         return color_mesh(mesh, color_fn)
+
+    @torch.no_grad()
+    def posed_mesh(self, canonical: Mesh, i: int) -> Mesh:
+        """A canonical mesh of this avatar posed into frame i with its refined body."""
+        fp = self.frame_pose(i)
+        return pose_mesh(canonical, self.body, self.params.shape, fp.transforms.detach().cpu(),
+                         self.deformer.canonical_vertices)
 
 
 def open_session(project_dir: str | Path, cfg: RefineConfig | None = None, device: str = "cpu",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import open3d as o3d
 
-from engine.geometry.camera import Camera
+from engine.geometry.camera import Camera, rays_through
 
 # A fixed soft light from above the camera: enough shading to read the shape, little enough
 # that the colours stay close to the albedo (the avatar's colour field has to explain them).
@@ -100,13 +100,10 @@ def render_mesh(
     offs = (np.arange(s) + 0.5) / s
     u, v = np.meshgrid(np.arange(W), np.arange(H))
     acc = np.zeros((H, W, 3), np.float64)
-    Kinv = np.linalg.inv(camera.K)
     for oy in offs:
         for ox in offs:
-            pix = np.stack([u + ox, v + oy, np.ones_like(u, dtype=np.float64)], axis=-1)
-            d = (pix @ Kinv.T) @ camera.R
-            d /= np.linalg.norm(d, axis=-1, keepdims=True)
-            h = _cast(scene, np.broadcast_to(camera.center, d.shape), d)
+            o, d = rays_through(camera, np.stack([u + ox, v + oy], axis=-1))
+            h = _cast(scene, o, d)
             col, k, _ = colour_at(h)
             acc += np.where(k.reshape(H, W)[..., None], col.reshape(H, W, 3), bg)
     rgb = (acc / (s * s)).astype(np.float32)

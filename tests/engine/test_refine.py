@@ -17,15 +17,17 @@ import torch
 import trimesh
 
 from engine.errors import UserError
-from engine.evaluation import EvalConfig, evaluate_job, live_frames, live_scores, render_rgb_grid
+from engine.evaluation import EvalConfig, evaluate_job, live_frames, live_scores
+from engine.geometry.camera import pixel_rays
 from engine.jobs import Cancelled, CancelToken, Losses, MeshReady, Preview, run_job
 from engine.metrics import m_psnr, psnr
 from engine.refine.checkpoint import checkpoint_path
 from engine.refine.config import load_preset
 from engine.refine.export import ExportConfig, export_job
-from engine.refine.loop import FitBudget, _step, fit_job
-from engine.refine.raymarch import pixel_rays, render_rays
+from engine.refine.loop import FitBudget, fit_job
+from engine.refine.raymarch import render_rays
 from engine.refine.session import open_session
+from engine.refine.steps import MAX_BAD_STEPS, Optimizers, StepDriver, TrainData, random_streams, train_step
 from engine.synth.scene import SynthConfig, synth_job
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,9 +144,9 @@ def test_live_scores_match_scoring_full_renders(fitted):
     torch.manual_seed(0)
     full = {i: s.render_frame(i)["rgb"] for i in frames}
     torch.manual_seed(0)
-    grid, ys, xs = render_rgb_grid(s, frames[0], stride=1)
-    assert len(ys) == s.cameras[0].height and len(xs) == s.cameras[0].width
-    np.testing.assert_allclose(grid, full[frames[0]], atol=1e-6)
+    lattice = s.render_frame(frames[0], stride=1, fill=False, normals=False)
+    assert len(lattice["ys"]) == s.cameras[0].height and len(lattice["xs"]) == s.cameras[0].width
+    np.testing.assert_allclose(lattice["rgb"], full[frames[0]], atol=1e-6)
 
     def score(rgb: dict) -> dict:
         rows = [(psnr(rgb[i], s.project.frame(i)), m_psnr(rgb[i], s.project.frame(i), s.project.mask(i)))
@@ -188,13 +190,46 @@ def test_non_finite_step_is_skipped_and_changes_nothing(fitted, tmp_path):
         s.avatar.log_beta.fill_(float("nan"))
     before = {k: v.clone() for k, v in s.avatar.state_dict().items()}
     opt = torch.optim.Adam(s.avatar.field_parameters(), lr=1e-2)
-    train = s.project.train_frames
-    images = {i: torch.as_tensor(s.project.frame(i)) for i in train}
-    masks = {i: torch.as_tensor(s.project.mask(i)) for i in train}
-    out = _step(s, opt, train, images, masks, 128, 8, 0.5, torch.Generator().manual_seed(0), np.random.default_rng(0))
+    out = train_step(s, opt, TrainData.of(s), 128, 8, 0.5, *random_streams(0, 0, s.device))
     assert out is None
     after = s.avatar.state_dict()
     assert all(torch.equal(before[k], after[k]) or torch.isnan(before[k]).all() for k in before)
+
+
+def test_the_step_driver_rolls_back_after_repeated_non_finite_steps(fitted):
+    """One divergence policy for fits and prior visits: skip non-finite steps; after MAX_BAD_STEPS in a row,
+    go back to the last good state with halved learning rates, and train on from there."""
+    s = open_session(fitted[0])
+    opt = Optimizers.for_avatar(s.avatar, s.cfg)
+    driver = StepDriver(s, opt, TrainData.of(s), opt.base_lrs(s.cfg), *random_streams(0, 0, s.device))
+    good_beta = float(s.avatar.log_beta)
+    step0 = s.step
+    with torch.no_grad():
+        s.avatar.log_beta.fill_(float("nan"))
+    warnings = []
+    for _ in range(MAX_BAD_STEPS):
+        values, warning = driver.step(0.5, 64, 8)
+        assert values is None and warning
+        warnings.append(warning)
+    assert "rolled back" in warnings[-1] and all("skipped" in w for w in warnings[:-1])
+    assert float(s.avatar.log_beta) == good_beta and s.step == step0
+    assert driver.base_lrs == [lr * 0.5 for lr in opt.base_lrs(s.cfg)]
+    values, warning = driver.step(0.5, 64, 8)
+    assert values is not None and warning is None and np.isfinite(values["total"]) and s.step == step0 + 1
+
+
+def test_optimizer_state_keeps_every_field_optimiser(fitted):
+    s = open_session(fitted[0])
+    a, b = list(s.avatar.sdf.parameters()), list(s.avatar.color.parameters())
+    opt = Optimizers([torch.optim.Adam(a, lr=1e-3), torch.optim.Adam(b, lr=1e-3)], None)
+    for p in a + b:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    state = opt.state_dict()
+    assert len(state["fields"]) == 2
+    fresh = Optimizers([torch.optim.Adam(a, lr=1e-3), torch.optim.Adam(b, lr=1e-3)], None)
+    fresh.load_state_dict(state)
+    assert all(len(o.state) == len(g) for o, g in zip(fresh.field_opts, (a, b)))
 
 
 def test_export_read_back_by_trimesh(fitted, tmp_path):

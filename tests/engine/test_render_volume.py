@@ -7,9 +7,9 @@ import torch
 
 from engine.body import create_body_model
 from engine.fields.body_sdf import BodySDFGrid, body_sdf_reference, exact_body_sdf
-from engine.geometry.camera import Camera, look_at
+from engine.geometry.camera import Camera, look_at, pixel_rays
 from engine.metrics import iou
-from engine.refine.raymarch import pixel_rays, ray_box
+from engine.refine.raymarch import ray_box
 from engine.render.volume import composite, composite_reference
 
 
