@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from engine.body.anny_model import AnnyBody
 from engine.body.base import KEYPOINT_NAMES, BodyModel, BodyParams
+from engine.body.smpl_model import SmplBody
 from engine.errors import UserError
 
 BODY_MODELS = ("anny", "smpl", "smplx")
@@ -25,12 +27,8 @@ class BodyConfig:
 def create_body_model(config: BodyConfig = BodyConfig()) -> BodyModel:
     """Builds (and caches) the body model a config names."""
     if config.model == "anny":
-        from engine.body.anny_model import AnnyBody
-
         return AnnyBody()
     if config.model in ("smpl", "smplx"):
-        from engine.body.smpl_model import SmplBody
-
         return SmplBody(config.model, config.model_dir)
     raise UserError(f"Unknown body model {config.model!r}; choose one of {', '.join(BODY_MODELS)}.")
 

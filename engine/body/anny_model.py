@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import torch
 
-from engine.body.base import BodyModel
+from engine.body.base import KEYPOINT_NAMES, BodyModel
 from engine.geometry.rotations import axis_angle_to_matrix
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,6 @@ class AnnyBody(BodyModel):
         self.faces = self._m.get_triangular_faces().cpu().numpy().astype(np.int64)
         self.skin_weights = self._m.dense_vertex_bone_weights.float()
         reg = anny.KeypointsRegressor.coco(self._m)
-        from engine.body.base import KEYPOINT_NAMES
-
         assert tuple(reg.labels) == KEYPOINT_NAMES, reg.labels
         self.keypoint_regressor = reg.regression_weights.float()
         self.shape_dim = len(PHENOTYPES)

@@ -10,6 +10,7 @@ import torch
 
 from engine.body.base import KEYPOINT_NAMES, BodyModel
 from engine.errors import UserError
+from engine.geometry.rotations import axis_angle_to_matrix
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,6 @@ class SmplBody(BodyModel):
 
     def _bone_transforms(self, shape: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
         from smplx.lbs import batch_rigid_transform
-
-        from engine.geometry.rotations import axis_angle_to_matrix
 
         joints = self.J_regressor @ self._rest(shape)  # [J, 3]
         n = pose.shape[0]

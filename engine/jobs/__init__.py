@@ -1,4 +1,5 @@
-"""Long-running work as generators of typed events, with a cancel token (DESIGN.md §6)."""
+"""Long-running work as generators of typed events, with a cancel token, and the pacing of occasional work
+beside it (pacing.py). How jobs are driven: docs/ARCHITECTURE.md, "Jobs and events"."""
 
 from engine.jobs.events import (
     Cancelled,

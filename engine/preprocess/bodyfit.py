@@ -785,6 +785,8 @@ def _evaluate(
     fit: _Fit, params: BodyParams, cancel: CancelToken
 ) -> Iterator[Event | tuple[np.ndarray, np.ndarray]]:
     """Per-frame keypoint error (px) and silhouette IoU (exact ray cast at the mask's resolution)."""
+    # Imported here, not above: open3d takes 1.5 s to import, and engine/preprocess/job.py imports this
+    # module at its top, where refusing bad input should not wait for it.
     import open3d as o3d
 
     from engine.render.raycast import raycasting_scene

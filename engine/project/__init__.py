@@ -18,7 +18,11 @@ Layout (schema 1)::
                        written by `preprocess` (engine/preprocess/job.py): the resolved settings;
                        per-frame fit quality (keypoint_error_px, mask_iou) and seconds per stage; the
                        fitted body drawn over every frame / over a few frames (the worst fitted last)
-      checkpoints/, exports/, log.txt   written by later stages
+      refine_config.json  the resolved settings of the last `fit` (engine/refine/config.py)
+      checkpoints/last.pt everything a fit needs to resume (engine/refine/checkpoint.py)
+      history.json     the fit's loss curves and held-out scores, drawn again on reopening
+                       (engine/refine/history.py)
+      exports/         where the app proposes to export meshes
 
 Held-out frames (every 5th: indices 4, 9, 14, ...) are never used for training; they are where
 image metrics are reported. Every write is atomic; a project is only read, never "fixed up".

@@ -10,6 +10,7 @@ import numpy as np
 
 from engine.body.base import BodyParams
 from engine.errors import UserError
+from engine.io.atomic import read_image
 
 
 @dataclass
@@ -26,8 +27,6 @@ class GroundTruth:
 
     @staticmethod
     def load(root: str | Path) -> GroundTruth:
-        from engine.io.atomic import read_image
-
         root = Path(root)
         try:
             with np.load(root / "body.npz") as d:
