@@ -1,1 +1,1 @@
-"""File formats: video and meshes."""
+"""Files: atomic writes (atomic.py), torch files with a format and version (torchfile.py), video (video.py)."""

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.errors import UserError
+
 # mkstemp creates 0600 files; give finished files the usual permissions instead.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -99,8 +101,6 @@ def staged_folder(target: str | Path, overwrite: bool = False):
     try:
         stage.mkdir(parents=True)
     except OSError as e:
-        from engine.errors import UserError
-
         raise UserError(f"cannot create {target}: {e.strerror or e}.") from e
     try:
         yield stage
