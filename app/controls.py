@@ -29,19 +29,12 @@ from PySide6.QtWidgets import (
 )
 
 from engine.errors import UserError
+from engine.preprocess.job import PreprocessConfig
+from engine.refine.config import Device, PriorMode, RefineConfig, choices, field_docs, load_preset
 from engine.refine.prior_file import PRIOR_FILE, SHIPPED_PRIOR
-from engine.refine.config import PRESETS, RefineConfig, field_docs, load_preset
 
-# Choices of the string fields (the same sets RefineConfig.validate accepts).
-CHOICES = {
-    "sdf": ("hash", "mlp"),
-    "sampler": ("shell", "uniform"),
-    "incremental": ("none", "linear", "squared"),
-    "time_consistency": ("none", "displacement", "sdf"),
-    "background": ("plate",),
-    "morph_loss": ("v1", "v2"),
-}
-BODY_MODELS = ("anny", "smpl", "smplx")
+# Display names of some choices; every choice offered comes from its declaration (engine/refine/config.py).
+PRIOR_MODE_LABELS = {"refine": "Refine everything", "inference": "Inference (shape fixed)"}
 
 
 def cuda_available() -> bool:
@@ -88,7 +81,7 @@ class ControlPanel(QWidget):
         g = QGroupBox("Refinement")
         f = QFormLayout(g)
         self.preset = QComboBox()
-        self.preset.addItems(PRESETS)
+        self.preset.addItems(choices(RefineConfig, "preset"))
         self.preset.setToolTip(self.docs["preset"])
         f.addRow("Preset", self.preset)
         self.minutes = QDoubleSpinBox()
@@ -103,14 +96,16 @@ class ControlPanel(QWidget):
         self.steps.setToolTip("Steps to add in one run (a resumed run continues from the checkpoint's step)")
         f.addRow("Steps per run", self.steps)
         self.device = QComboBox()
-        self.device.addItem("CPU", "cpu")
-        if cuda_available():
-            self.device.addItem(f"CUDA ({torch.cuda.get_device_name(0)})", "cuda")
+        for name in choices(Device):
+            if name != "cuda":
+                self.device.addItem(name.upper(), name)
+            elif cuda_available():  # listed only when this PyTorch build sees a GPU
+                self.device.addItem(f"CUDA ({torch.cuda.get_device_name(0)})", name)
         self.device.setToolTip("Compute device (CUDA is listed when this PyTorch build sees a GPU)")
         f.addRow("Device", self.device)
         self.body = QComboBox()
-        self.body.addItems(BODY_MODELS)
-        self.body.setToolTip("Body model of new projects: anny (built in) or SMPL/SMPL-X from your own files")
+        self.body.addItems(choices(PreprocessConfig, "body"))
+        self.body.setToolTip("Body model of new projects. " + field_docs(PreprocessConfig)["body"])
         f.addRow("Body model", self.body)
         row = QHBoxLayout()
         self.body_dir = QLineEdit()
@@ -138,8 +133,8 @@ class ControlPanel(QWidget):
         self.prior.activated.connect(self._prior_chosen)
         f.addRow("Start from", self.prior)
         self.prior_mode = QComboBox()
-        self.prior_mode.addItem("Refine everything", "refine")
-        self.prior_mode.addItem("Inference (shape fixed)", "inference")
+        for mode in choices(PriorMode):
+            self.prior_mode.addItem(PRIOR_MODE_LABELS.get(mode, mode), mode)
         self.prior_mode.setToolTip("Refine: train the prior's fields further on this video. Inference: keep the "
                                    "prior's shape fixed and fit only this video's code, colour, background, density and "
                                    "body (a first look).")
@@ -215,9 +210,9 @@ class ControlPanel(QWidget):
 
     # ---- widgets for config fields ------------------------------------------------------------
     def _field_widget(self, name: str, typ) -> QWidget:
-        if name in CHOICES:
+        if choices(RefineConfig, name):
             w = QComboBox()
-            w.addItems(CHOICES[name])
+            w.addItems(choices(RefineConfig, name))
             return w
         if typ is bool:
             return QCheckBox()

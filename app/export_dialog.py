@@ -21,6 +21,8 @@ from PySide6.QtWidgets import (
     QSpinBox,
 )
 
+from engine.mesh import MeshFormat
+from engine.refine.config import choices, field_docs
 from engine.refine.export import ExportConfig
 
 WHAT = ("canonical", "current frame", "whole sequence")
@@ -48,7 +50,7 @@ class ExportDialog(QDialog):
         self.frame = frame
         f = QFormLayout(self)
         self.fmt = QComboBox()
-        self.fmt.addItems(["obj", "ply"])
+        self.fmt.addItems(choices(MeshFormat))
         self.fmt.setToolTip("OBJ (with vertex colours as extra values) or PLY (binary, with vertex colours)")
         f.addRow("Format", self.fmt)
         self.what = QComboBox()
@@ -63,7 +65,7 @@ class ExportDialog(QDialog):
         row.addWidget(self.out)
         row.addWidget(browse)
         f.addRow("Save to", row)
-        docs = _export_docs()
+        docs = field_docs(ExportConfig)  # the same text as the CLI's help
         self.resolution = QSpinBox()
         self.resolution.setRange(16, 1024)
         self.resolution.setValue(256)
@@ -83,8 +85,8 @@ class ExportDialog(QDialog):
         row.addWidget(QLabel("triangles"))
         f.addRow("Face budget", row)
         self.up = QComboBox()
-        self.up.addItem("Y up (Blender, most tools)", "y")
-        self.up.addItem("Z up", "z")
+        for axis in choices(ExportConfig, "up"):
+            self.up.addItem(f"{axis.upper()} up", axis)
         self.up.setToolTip(docs.get("up", ""))
         f.addRow("Up axis", self.up)
         self.count = QLabel("counting triangles…")
@@ -155,10 +157,3 @@ class ExportDialog(QDialog):
                            frame=self.frame if self.what.currentIndex() == 1 else None, up=self.up.currentData())
         return ExportRequest(str(Path(self.out.text()).expanduser()), cfg, self._sequence(), self.fmt.currentText(),
                              self.overwrite)
-
-
-def _export_docs() -> dict[str, str]:
-    """ExportConfig field docs for tooltips (the same text as the CLI help)."""
-    from engine.refine.config import field_docs
-
-    return field_docs(ExportConfig)

@@ -1,11 +1,17 @@
-"""Headless command line: `python main.py <command> ...` (same engine calls as the GUI)."""
+"""Headless command line: `python main.py <command> ...` (same engine calls as the GUI).
+
+Options with a fixed set of values take it from the engine's declaration (a `Literal` field or alias, read
+with `engine.refine.config.choices`), so the CLI, the app and `validate()` cannot disagree. A command's
+options are built only for the command being run: some declarations live in modules that load torch.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 from engine.errors import UserError
@@ -13,9 +19,19 @@ from engine.jobs.events import Cancelled, CancelToken, Done, Event, Log, Losses,
 
 log = logging.getLogger("avatar")
 
+PLAIN_PROGRESS_EVERY_S = 5.0  # a log file or pipe gets a progress line at most this often per stage
 
-def drive(events: Iterator[Event], quiet: bool = False) -> object:
-    """Runs a job with one terminal progress bar per stage; returns its result."""
+
+def drive(events: Iterator[Event], quiet: bool = False, terminal: bool | None = None) -> object:
+    """Runs a job, showing its progress; returns its result.
+
+    On a terminal, one progress bar per stage. Otherwise (a log file, a pipe) a plain line per stage at most
+    every PLAIN_PROGRESS_EVERY_S and at the stage's end: a bar's carriage-return updates would fill the file.
+    """
+    if terminal is None:
+        terminal = sys.stderr.isatty()
+    if not terminal:
+        return _drive_plain(events, quiet)
     from tqdm import tqdm
 
     bar, stage, result = None, None, None
@@ -39,6 +55,63 @@ def drive(events: Iterator[Event], quiet: bool = False) -> object:
     finally:
         if bar is not None:
             bar.close()
+    return result
+
+
+class PlainProgress:
+    """Progress as plain lines (`stage: done/total (p %), t s, loss …`): one when `every` seconds have passed
+    since the stage's last line, one when the stage reaches its total, and one at `close()` (the stage ends)
+    unless the last line already showed where it stopped."""
+
+    def __init__(self, write: Callable[[str], None], every: float = PLAIN_PROGRESS_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.write, self.every, self.clock = write, every, clock
+        self.stage: str | None = None
+        self.done = self.total = 0
+        self.start = self.last = 0.0
+        self.shown: tuple[int, int] | None = None  # (done, total) of the last line
+        self.postfix = ""
+
+    def update(self, ev: Progress) -> None:
+        now = self.clock()
+        if ev.stage != self.stage:
+            self.close()
+            self.stage, self.start, self.last, self.shown, self.postfix = ev.stage, now, now, None, ""
+        self.done, self.total = ev.done, ev.total
+        finished = bool(self.total) and self.done >= self.total
+        if (now - self.last >= self.every or finished) and self.shown != (self.done, self.total):
+            self._line(now)
+
+    def losses(self, values: dict) -> None:
+        self.postfix = f", loss {values['total']:.4f}, psnr {values['psnr_batch']:.1f}"
+
+    def close(self) -> None:
+        if self.stage is not None and self.shown != (self.done, self.total):
+            self._line(self.clock())
+
+    def _line(self, now: float) -> None:
+        of = f"/{self.total} ({100 * self.done / self.total:.0f} %)" if self.total else ""
+        self.write(f"{self.stage}: {self.done}{of}, {now - self.start:.0f} s{self.postfix}")
+        self.last, self.shown = now, (self.done, self.total)
+
+
+def _drive_plain(events: Iterator[Event], quiet: bool) -> object:
+    progress = PlainProgress(log.info)
+    result = None
+    try:
+        for ev in events:
+            if isinstance(ev, Progress):
+                if not quiet:
+                    progress.update(ev)
+            elif isinstance(ev, Losses):
+                progress.losses(ev.values)
+            elif isinstance(ev, Log):
+                (log.info if ev.level == "info" else log.warning)(ev.message)
+            elif isinstance(ev, Done):
+                result = ev.result
+    finally:
+        if not quiet:
+            progress.close()
     return result
 
 
@@ -84,7 +157,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     cfg = PreprocessConfig(start=args.start, end=args.end, max_frames=args.max_frames, size=args.size,
                            focal=args.focal, body=args.body, body_model_dir=args.body_model_dir, device=args.device,
                            overwrite=args.overwrite)
-    r = drive(preprocess_job(args.video, args.project, cfg, cancel=args.cancel), args.quiet)
+    r = drive(preprocess_job(args.video, args.target, cfg, cancel=args.cancel), args.quiet)
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in r["seconds"].items() if k != "total")
     log.info("project: %s (%d frames; %.0f s: %s)", r["project"], r["frames"], r["seconds"]["total"], stages)
     log.info("fit quality: keypoint error %s px, body/mask IoU %s (per frame in %s); look at %s and %s",
@@ -143,14 +216,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_encoder_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--geometry-encoder", action="store_true", default=None,
-                   help="seed thesis option: a small U-Net's pixel-aligned features displace canonical points")
-    p.add_argument("--morph-loss", choices=("v1", "v2"), help="morphing loss: v1 sum, v2 mean of displacement norms")
-    p.add_argument("--w-morph", type=_nonneg_float, help="weight of the morphing loss (default 0.01)")
-    p.add_argument("--morph-factor", type=_nonneg_float, help="morphing factor μ in [0, 1] (default 0.5)")
-
-
 def _encoder_overrides(args: argparse.Namespace) -> dict:
     return {"geometry_encoder": args.geometry_encoder, "morph_loss": args.morph_loss, "w_morph": args.w_morph,
             "morph_factor": args.morph_factor}
@@ -201,6 +266,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if (args.out is None) == (args.sequence is None):
         raise UserError("give either OUT.obj|OUT.ply or --sequence DIR.")
+    if args.sequence is not None and (args.frame is not None or args.canonical):
+        raise UserError("--sequence writes every frame posed; leave out --frame and --canonical.")
+    if args.canonical and args.frame is not None:
+        raise UserError("--canonical is the unposed star pose and --frame K the pose of frame K: give one of them.")
     cfg = ExportConfig(resolution=args.resolution, faces=args.faces, frame=args.frame, up=args.up)
     target = args.sequence if args.sequence else args.out
     result = drive(export_job(args.project, target, cfg, sequence=args.sequence is not None, fmt=args.format,
@@ -239,36 +308,61 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="main.py", description="Video to 3D avatar: headless commands. "
-                                "Run without a command to open the desktop app.")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+def _doc(cls: type, name: str) -> str:
+    """A config field's doc as argparse help (which formats % itself)."""
+    from engine.refine.config import field_docs
 
-    s = sub.add_parser("synth", help="generate a synthetic scene with exact ground truth",
-                       description="Render a clothed, textured body moving in front of a static background, "
-                       "with ground truth (masks, cameras, body, clothed meshes) and a project folder.")
+    doc = field_docs(cls)[name].rstrip(".").replace("%", "%%")
+    return doc[0].lower() + doc[1:] if doc[1:2].islower() else doc  # help reads as a phrase, like the others
+
+
+def _add_encoder_args(p: argparse.ArgumentParser) -> None:
+    from engine.refine.config import RefineConfig, choices
+
+    p.add_argument("--geometry-encoder", action="store_true", default=None,
+                   help="seed thesis option: a small U-Net's pixel-aligned features displace canonical points")
+    p.add_argument("--morph-loss", choices=choices(RefineConfig, "morph_loss"), help=_doc(RefineConfig, "morph_loss"))
+    p.add_argument("--w-morph", type=_nonneg_float, help="weight of the morphing loss (default 0.01)")
+    p.add_argument("--morph-factor", type=_nonneg_float, help="morphing factor μ in [0, 1] (default 0.5)")
+
+
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    from engine.refine.config import Device, choices
+
+    p.add_argument("--device", choices=choices(Device), default="cpu", help="compute device (default cpu)")
+
+
+def _add_project_arg(p: argparse.ArgumentParser, nargs: str | None = None, help: str | None = None) -> None:
+    """An existing project: `args.project` (or `args.projects`), resolved in `main` (a `synth` scene folder
+    stands for its project)."""
+    p.add_argument("projects" if nargs else "project", metavar="PROJECT_DIR", nargs=nargs,
+                   help=help or "a project folder (or a folder made by `synth`: its project/ is used)")
+
+
+def _synth_args(s: argparse.ArgumentParser) -> None:
+    from engine.synth.garments import GARMENTS
+    from engine.synth.motion import MOTIONS
+    from engine.synth.scene import SynthConfig
+
     s.add_argument("out_dir", metavar="OUT_DIR", help="output folder (must not exist unless --overwrite)")
     s.add_argument("--frames", type=_positive_int, default=30, help="number of frames (default 30)")
     s.add_argument("--size", type=_positive_int, default=256, help="long side in pixels (default 256)")
-    s.add_argument("--motion", choices=("turn", "walk"), default="turn", help="motion (default turn)")
-    s.add_argument("--garment", choices=("none", "shirt", "dress"), default="shirt", help="clothing (default shirt)")
+    s.add_argument("--motion", choices=MOTIONS, default="turn", help=_doc(SynthConfig, "motion") + "; default turn")
+    s.add_argument("--garment", choices=GARMENTS, default="shirt",
+                   help=_doc(SynthConfig, "garment") + "; default shirt")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--pose-noise", type=_nonneg_float, default=0.0, metavar="DEG",
                    help="degrees of noise on the stored body pose (default 0)")
     s.add_argument("--fps", type=_nonneg_float, default=25.0, help="video frame rate (default 25)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    s.set_defaults(func=_cmd_synth)
 
-    pp = sub.add_parser("preprocess", help="turn a video of one person into a project (frames, masks, keypoints, body)",
-                        description="Pick frames from a video (or a folder of images) of one person, find the person "
-                        "(mask + 2D keypoints, mediapipe), fit a body model (shared shape, per-frame pose) for a static "
-                        "camera, and write a project folder that `fit` accepts, plus overlay.mp4 / overlay_sheet.png "
-                        "(the fitted body over the frames) and preprocess_report.json (per-frame fit quality).",
-                        epilog="Example: main.py preprocess clip.mov myproject --max-frames 150 --size 540")
+
+def _preprocess_args(pp: argparse.ArgumentParser) -> None:
+    from engine.preprocess.job import PreprocessConfig
+    from engine.refine.config import choices
+
     pp.add_argument("video", metavar="VIDEO", help="video file (mp4, mov, avi, mkv, webm, ...) or a folder of images")
-    pp.add_argument("project", metavar="PROJECT_DIR", help="project folder to create (must not exist unless --overwrite)")
+    pp.add_argument("target", metavar="PROJECT_DIR", help="project folder to create (must not exist unless --overwrite)")
     pp.add_argument("--start", type=_nonneg_float, default=0.0, metavar="S", help="first second to use (default 0)")
     pp.add_argument("--end", type=_nonneg_float, metavar="S", help="second where the used part ends (default: the end)")
     pp.add_argument("--max-frames", type=_positive_int, default=150, metavar="N",
@@ -277,47 +371,150 @@ def build_parser() -> argparse.ArgumentParser:
                     help="long side of the working resolution (default 540; never upscaled)")
     pp.add_argument("--focal", type=_nonneg_float, metavar="PX",
                     help="focal length in pixels of the full-size video (default max(width, height))")
-    pp.add_argument("--body", choices=("anny", "smpl", "smplx"), default="anny",
-                    help="body model (default anny; smpl/smplx need --body-model-dir)")
+    pp.add_argument("--body", choices=choices(PreprocessConfig, "body"), default="anny",
+                    help=_doc(PreprocessConfig, "body") + "; default anny")
     pp.add_argument("--body-model-dir", metavar="DIR", help="folder with SMPL_NEUTRAL.pkl / SMPLX_NEUTRAL.npz")
-    pp.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="body-fit device (default cpu)")
+    pp.add_argument("--device", choices=choices(PreprocessConfig, "device"), default="cpu",
+                    help="body-fit device (default cpu)")
     pp.add_argument("--overwrite", action="store_true",
                     help="replace an existing project folder (only once the new one is complete)")
-    pp.set_defaults(func=_cmd_preprocess)
 
-    e = sub.add_parser("eval", help="score a project on its held-out frames",
-                       description="Evaluate what the project holds (the body-only baseline until an avatar "
-                       "is fitted): psnr, ssim, m_psnr, m_ssim, iou and, with ground truth, chamfer_cm, "
-                       "normal_consistency, fscore_1cm, fscore_2cm, mpvpe_cm.")
-    e.add_argument("project", metavar="PROJECT_DIR")
+
+def _eval_args(e: argparse.ArgumentParser) -> None:
+    from engine.evaluation import EvalConfig
+    from engine.refine.config import choices
+
+    _add_project_arg(e)
     e.add_argument("--json", metavar="OUT.json", help="write the full report here")
-    e.add_argument("--method", choices=("auto", "avatar", "body_only"), default="auto",
-                   help="what to score: the fitted avatar if there is one (auto), or force one")
+    e.add_argument("--method", choices=choices(EvalConfig, "method"), default="auto",
+                   help=_doc(EvalConfig, "method") + "; default auto")
     e.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
-    e.set_defaults(func=_cmd_eval)
 
-    f = sub.add_parser("fit", help="fit (or resume) the avatar of a project",
-                       description="Self-supervised refinement of a clothed avatar from the project's frames. "
-                       "Resumes from the project's checkpoint when there is one.")
-    f.add_argument("project", metavar="PROJECT_DIR")
-    f.add_argument("--preset", choices=("fast", "vid2avatar"), default="fast", help="method preset (default fast)")
+
+def _fit_args(f: argparse.ArgumentParser) -> None:
+    from engine.refine.config import PriorMode, RefineConfig, choices
+
+    _add_project_arg(f)
+    f.add_argument("--preset", choices=choices(RefineConfig, "preset"), default="fast",
+                   help="method preset (default fast)")
     f.add_argument("--iters", type=_positive_int, help="stop at this total step count (default 1000)")
     f.add_argument("--minutes", type=_nonneg_float, help="stop after this many minutes in this run")
-    f.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute device (default cpu)")
+    _add_device_arg(f)
     f.add_argument("--lr", type=_nonneg_float, help="learning rate of the fields (preset default)")
     f.add_argument("--rays", type=_positive_int, help="rays per step (preset default)")
     f.add_argument("--samples", type=_positive_int, help="rendered samples per ray (preset default)")
-    f.add_argument("--incremental", choices=("none", "linear", "squared"), help="incremental sampling profile")
-    f.add_argument("--time-consistency", choices=("none", "displacement", "sdf"), help="time-consistency regulariser")
+    f.add_argument("--incremental", choices=choices(RefineConfig, "incremental"),
+                   help=_doc(RefineConfig, "incremental"))
+    f.add_argument("--time-consistency", choices=choices(RefineConfig, "time_consistency"),
+                   help=_doc(RefineConfig, "time_consistency"))
     f.add_argument("--seed", type=int, help="random seed")
     f.add_argument("--checkpoint-every", type=_positive_int, default=50, help="steps between checkpoints (default 50)")
     f.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
     _add_encoder_args(f)
     f.add_argument("--prior", metavar="PRIOR_DIR",
                    help="start a new fit from a prior made by `prior train` (`shipped`: the one in resources/prior)")
-    f.add_argument("--mode", choices=("refine", "inference"), default="refine",
+    f.add_argument("--mode", choices=choices(PriorMode), default="refine",
                    help="with --prior: refine everything (default), or inference: keep the prior's shared fields "
                    "fixed and fit only this video's code, colour, background, density and body")
+
+
+def _prior_train_args(t: argparse.ArgumentParser) -> None:
+    from engine.prior.train import PriorConfig
+    from engine.refine.config import choices
+
+    _add_project_arg(t, nargs="+", help="preprocessed or synthetic projects (a folder made by `synth`: its project/)")
+    t.add_argument("--out", required=True, metavar="PRIOR_DIR", help="where the prior and its training state go")
+    t.add_argument("--rounds", type=_positive_int, default=20, help="rounds over all videos (default 20)")
+    t.add_argument("--visit-steps", type=_positive_int, default=100, help="steps per visit of a video (default 100)")
+    t.add_argument("--visit-seconds", type=_nonneg_float, help="seconds per visit instead of steps")
+    t.add_argument("--eval-every", type=int, default=1, help="rounds between held-out scores (default 1; 0: never)")
+    t.add_argument("--preset", choices=choices(PriorConfig, "preset"), default="fast",
+                   help="fields and losses (default fast)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--shares", choices=choices(PriorConfig, "shares"), default="geometry",
+                   help=_doc(PriorConfig, "shares") + "; default geometry")
+    _add_device_arg(t)
+    t.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
+    _add_encoder_args(t)
+    t.add_argument("--restart", action="store_true", help="discard the saved training state in PRIOR_DIR and start over")
+
+
+def _prior_synth_args(sy: argparse.ArgumentParser) -> None:
+    sy.add_argument("out_dir", metavar="OUT_DIR")
+    sy.add_argument("--scenes", type=_positive_int, default=6, help="number of scenes (default 6)")
+    sy.add_argument("--frames", type=_positive_int, default=30, help="frames per scene (default 30)")
+    sy.add_argument("--size", type=_positive_int, default=256, help="long side in pixels (default 256)")
+    sy.add_argument("--first-seed", type=int, default=100, help="seed of the first scene (default 100)")
+    sy.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def _export_args(x: argparse.ArgumentParser) -> None:
+    from engine.mesh import MeshFormat
+    from engine.refine.config import choices
+    from engine.refine.export import ExportConfig
+
+    _add_project_arg(x)
+    x.add_argument("out", metavar="OUT.obj|OUT.ply", nargs="?", help="output file")
+    x.add_argument("--sequence", metavar="DIR", help="write every frame, posed, into DIR instead")
+    x.add_argument("--format", choices=choices(MeshFormat), default="obj", help="file format for --sequence (default obj)")
+    x.add_argument("--frame", type=int, help="pose the mesh into this frame (default: canonical)")
+    x.add_argument("--canonical", action="store_true",
+                   help="the canonical star pose, unposed: what export writes without --frame (which it excludes)")
+    x.add_argument("--resolution", type=_positive_int, default=256, help="marching-cubes resolution (default 256)")
+    x.add_argument("--faces", type=_positive_int, help="decimate to at most this many triangles")
+    x.add_argument("--up", choices=choices(ExportConfig, "up"), default="y", help=_doc(ExportConfig, "up") + "; default y")
+    x.add_argument("--overwrite", action="store_true", help="replace existing files")
+    _add_device_arg(x)
+    x.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
+
+
+def _demo_args(d: argparse.ArgumentParser) -> None:
+    d.add_argument("--out-dir", default="demo_output", help="where to write (default ./demo_output, replaced)")
+    d.add_argument("--frames", type=_positive_int, default=20, help="number of frames (default 20)")
+    d.add_argument("--iters", type=_positive_int, default=300, help="refinement steps (default 300)")
+
+
+def build_parser(commands: Collection[str | None] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `commands`, only those commands get their options (the others stay
+    listed), so running one command does not import what the others' options are declared in."""
+
+    def options(name: str, add: Callable[[argparse.ArgumentParser], None], parser: argparse.ArgumentParser) -> None:
+        if commands is None or name in commands:
+            add(parser)
+
+    p = argparse.ArgumentParser(prog="main.py", description="Video to 3D avatar: headless commands. "
+                                "Run without a command to open the desktop app.")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="generate a synthetic scene with exact ground truth",
+                       description="Render a clothed, textured body moving in front of a static background, "
+                       "with ground truth (masks, cameras, body, clothed meshes) and a project folder (OUT_DIR/project; "
+                       "commands that take a PROJECT_DIR accept OUT_DIR too).")
+    options("synth", _synth_args, s)
+    s.set_defaults(func=_cmd_synth)
+
+    pp = sub.add_parser("preprocess", help="turn a video of one person into a project (frames, masks, keypoints, body)",
+                        description="Pick frames from a video (or a folder of images) of one person, find the person "
+                        "(mask + 2D keypoints, mediapipe), fit a body model (shared shape, per-frame pose) for a static "
+                        "camera, and write a project folder that `fit` accepts, plus overlay.mp4 / overlay_sheet.png "
+                        "(the fitted body over the frames) and preprocess_report.json (per-frame fit quality).",
+                        epilog="Example: main.py preprocess clip.mov myproject --max-frames 150 --size 540")
+    options("preprocess", _preprocess_args, pp)
+    pp.set_defaults(func=_cmd_preprocess)
+
+    e = sub.add_parser("eval", help="score a project on its held-out frames",
+                       description="Evaluate what the project holds (the body-only baseline until an avatar "
+                       "is fitted): psnr, ssim, m_psnr, m_ssim, iou and, with ground truth, chamfer_cm, "
+                       "normal_consistency, fscore_1cm, fscore_2cm, mpvpe_cm.")
+    options("eval", _eval_args, e)
+    e.set_defaults(func=_cmd_eval)
+
+    f = sub.add_parser("fit", help="fit (or resume) the avatar of a project",
+                       description="Self-supervised refinement of a clothed avatar from the project's frames. "
+                       "Resumes from the project's checkpoint when there is one.")
+    options("fit", _fit_args, f)
     f.set_defaults(func=_cmd_fit)
 
     pr = sub.add_parser("prior", help="learn across videos: train a prior of the human fields",
@@ -330,61 +527,37 @@ def build_parser() -> argparse.ArgumentParser:
                        "torchrun each process trains different videos and the shared weights are averaged after every visit.",
                        epilog="Two processes on one machine: torchrun --standalone --nproc-per-node 2 main.py prior "
                        "train A B C D --out PRIOR (see README for several machines).")
-    t.add_argument("projects", metavar="PROJECT_DIR", nargs="+", help="preprocessed or synthetic projects")
-    t.add_argument("--out", required=True, metavar="PRIOR_DIR", help="where the prior and its training state go")
-    t.add_argument("--rounds", type=_positive_int, default=20, help="rounds over all videos (default 20)")
-    t.add_argument("--visit-steps", type=_positive_int, default=100, help="steps per visit of a video (default 100)")
-    t.add_argument("--visit-seconds", type=_nonneg_float, help="seconds per visit instead of steps")
-    t.add_argument("--eval-every", type=int, default=1, help="rounds between held-out scores (default 1; 0: never)")
-    t.add_argument("--preset", choices=("fast", "vid2avatar"), default="fast", help="fields and losses (default fast)")
-    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    t.add_argument("--shares", choices=("geometry", "all"), default="geometry",
-                   help="what the videos share: geometry (default; each video fits its own colour) or all (colour too)")
-    t.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute device (default cpu)")
-    t.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
-    _add_encoder_args(t)
-    t.add_argument("--restart", action="store_true", help="discard the saved training state in PRIOR_DIR and start over")
+    options("prior", _prior_train_args, t)
     t.set_defaults(func=_cmd_prior_train)
     sy = prs.add_parser("synth", help="generate a varied set of synthetic training projects",
-                        description="Scenes with different body shapes, garments (shirt, dress, none), motions (turn, "
-                        "walk), colours and backgrounds; scene k uses seed FIRST_SEED + k.")
-    sy.add_argument("out_dir", metavar="OUT_DIR")
-    sy.add_argument("--scenes", type=_positive_int, default=6, help="number of scenes (default 6)")
-    sy.add_argument("--frames", type=_positive_int, default=30, help="frames per scene (default 30)")
-    sy.add_argument("--size", type=_positive_int, default=256, help="long side in pixels (default 256)")
-    sy.add_argument("--first-seed", type=int, default=100, help="seed of the first scene (default 100)")
-    sy.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+                        description="Scenes with different body shapes, garments, motions, colours and backgrounds; "
+                        "scene k uses seed FIRST_SEED + k.")
+    options("prior", _prior_synth_args, sy)
     sy.set_defaults(func=_cmd_prior_synth)
 
     x = sub.add_parser("export", help="write the fitted avatar as a mesh (OBJ/PLY)",
                        description="Marching cubes of the canonical SDF (largest component), vertex colours from "
-                       "the colour field, normals; canonical, posed into one frame, or every frame.")
-    x.add_argument("project", metavar="PROJECT_DIR")
-    x.add_argument("out", metavar="OUT.obj|OUT.ply", nargs="?", help="output file")
-    x.add_argument("--sequence", metavar="DIR", help="write every frame into DIR instead")
-    x.add_argument("--format", choices=("obj", "ply"), default="obj", help="file format for --sequence (default obj)")
-    x.add_argument("--frame", type=int, help="pose the mesh into this frame (default: canonical)")
-    x.add_argument("--canonical", action="store_true", help="canonical star pose (the default)")
-    x.add_argument("--resolution", type=_positive_int, default=256, help="marching-cubes resolution (default 256)")
-    x.add_argument("--faces", type=_positive_int, help="decimate to at most this many triangles")
-    x.add_argument("--up", choices=("y", "z"), default="y", help="up axis (default y, as Blender expects)")
-    x.add_argument("--overwrite", action="store_true", help="replace existing files")
-    x.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="compute device (default cpu)")
-    x.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
+                       "the colour field, normals; canonical (the default), posed into one frame (--frame), or every "
+                       "frame (--sequence).")
+    options("export", _export_args, x)
     x.set_defaults(func=_cmd_export)
 
     d = sub.add_parser("demo", help="headless demo: synthesise a scene, fit an avatar, score and export it",
                        description="Generate a small synthetic scene, score the body-only baseline, fit the "
                        "avatar with the fast preset, score it and export avatar.obj.")
-    d.add_argument("--out-dir", default="demo_output", help="where to write (default ./demo_output, replaced)")
-    d.add_argument("--frames", type=_positive_int, default=20, help="number of frames (default 20)")
-    d.add_argument("--iters", type=_positive_int, default=300, help="refinement steps (default 300)")
+    options("demo", _demo_args, d)
     d.set_defaults(func=_cmd_demo)
     return p
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The command named in `argv` (the first word that is not an option; the global options take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser({_command_of(argv)})
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if args.command is None:
@@ -392,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.cancel = CancelToken()
     try:
+        _resolve_projects(args)
         return int(args.func(args) or 0)
     except UserError as e:
         log.error("error: %s", e)
@@ -400,3 +574,15 @@ def main(argv: list[str] | None = None) -> int:
         args.cancel.cancel()
         log.error("cancelled; nothing already saved was changed.")
         return 130
+
+
+def _resolve_projects(args: argparse.Namespace) -> None:
+    """Every command that reads a project accepts the scene folder `synth` made, too (one place for all)."""
+    if getattr(args, "project", None) is None and getattr(args, "projects", None) is None:
+        return
+    from engine.project.project import resolve_project_dir
+
+    if getattr(args, "project", None) is not None:
+        args.project = str(resolve_project_dir(args.project))
+    if getattr(args, "projects", None) is not None:
+        args.projects = [str(resolve_project_dir(p)) for p in args.projects]

@@ -1,6 +1,6 @@
-"""Meshes from the learned fields: extraction (marching cubes), colouring, decimation, posing, export."""
+"""Meshes from the learned fields: extraction (marching cubes), colouring, decimation, posing, and
+the OBJ/PLY files they are written to (files.py)."""
 
-from engine.mesh.export import FORMATS, write_mesh, write_sequence
 from engine.mesh.extract import (
     Mesh,
     color_mesh,
@@ -12,10 +12,14 @@ from engine.mesh.extract import (
     vertex_normals,
     with_normals,
 )
+from engine.mesh.files import FORMATS, UP_AXES, MeshFormat, UpAxis, write_mesh, write_sequence
 
 __all__ = [
     "FORMATS",
+    "UP_AXES",
     "Mesh",
+    "MeshFormat",
+    "UpAxis",
     "color_mesh",
     "count_faces_after",
     "decimate",

@@ -15,16 +15,21 @@ import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
 from engine.errors import UserError
-from engine.mesh.extract import Mesh, vertex_normals
 from engine.io.atomic import atomic_path
+from engine.mesh.extract import Mesh, vertex_normals
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("obj", "ply")
+MeshFormat = Literal["obj", "ply"]
+FORMATS: tuple[str, ...] = get_args(MeshFormat)
+# Up axis of a written file: y (ours, and what Blender's importers expect) or z.
+UpAxis = Literal["y", "z"]
+UP_AXES: tuple[str, ...] = get_args(UpAxis)
 _ROWS = 100_000  # OBJ lines formatted per batch (bounds the temporary strings)
 
 
@@ -33,7 +38,7 @@ def write_mesh(
     mesh_or_vertices: Mesh | np.ndarray,
     faces: np.ndarray | None = None,
     colors: np.ndarray | None = None,
-    up: str = "y",
+    up: UpAxis = "y",
 ) -> Path:
     """Writes a mesh as `.ply` or `.obj` (by suffix), atomically.
 
@@ -54,7 +59,8 @@ def write_mesh(
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
-        raise UserError(f"unsupported mesh format {path.suffix or '(none)'!r} for {path}: use .obj or .ply.")
+        raise UserError(f"unsupported mesh format {path.suffix or '(none)'!r} for {path}: use "
+                        f"{' or '.join('.' + f for f in FORMATS)}.")
     mesh = _as_mesh(mesh_or_vertices, faces, colors)
     vertices, normals = _orient(mesh.vertices, mesh.normals, up)
     try:
@@ -70,7 +76,7 @@ def write_mesh(
 
 
 def write_sequence(
-    folder: str | Path, meshes: Iterable[Mesh], fmt: str = "obj", up: str = "y", overwrite: bool = False
+    folder: str | Path, meshes: Iterable[Mesh], fmt: MeshFormat = "obj", up: UpAxis = "y", overwrite: bool = False
 ) -> list[Path]:
     """Writes one file per frame: `folder/frame_000000.obj`, `frame_000001.obj`, …
 
@@ -94,7 +100,7 @@ def write_sequence(
     folder = Path(folder)
     fmt = fmt.lower().lstrip(".")
     if fmt not in FORMATS:
-        raise UserError(f"unsupported mesh format {fmt!r}: use obj or ply.")
+        raise UserError(f"unsupported mesh format {fmt!r}: use {' or '.join(FORMATS)}.")
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} exists and is not a folder.")
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
@@ -136,14 +142,14 @@ def _as_mesh(mesh_or_vertices, faces, colors) -> Mesh:
     return mesh
 
 
-def _orient(vertices: np.ndarray, normals: np.ndarray, up: str) -> tuple[np.ndarray, np.ndarray]:
+def _orient(vertices: np.ndarray, normals: np.ndarray, up: UpAxis) -> tuple[np.ndarray, np.ndarray]:
     if up == "y":
         return vertices, normals
     if up == "z":
         # +90° about X: (x, y, z) → (x, -z, y); a rotation, so normals turn the same way.
         rot = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], np.float32)
         return vertices @ rot.T, normals @ rot.T
-    raise UserError(f"unknown up axis {up!r}: use y or z.")
+    raise UserError(f"unknown up axis {up!r}: use {' or '.join(UP_AXES)}.")
 
 
 def _colors_u8(colors: np.ndarray) -> np.ndarray:

@@ -534,9 +534,3 @@ class FrameReader:
             names = ", ".join(sorted(set(skipped), key=natural_key)[:5])
             self._warn(f"{len(set(skipped))} image(s) unreadable or of another shape, skipped: {names}"
                        + (", ..." if len(set(skipped)) > 5 else ""))
-
-
-def read_frames(path: str | Path, config: DecodeConfig | None = None,
-                cancel: CancelToken | None = None) -> Iterator[Frame]:
-    """Shortcut: `FrameReader(path, config).frames(cancel)` (probe errors surface on first use)."""
-    yield from FrameReader(path, config).frames(cancel)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,11 @@ from engine.errors import UserError
 from engine.geometry.camera import Camera
 from engine.io import atomic
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
 HELD_OUT_EVERY = 5
+SCENE_PROJECT = "project"  # a `synth` scene folder holds its project here (engine/synth/scene.py)
 
 
 def held_out_frames(num_frames: int) -> list[int]:
@@ -41,6 +45,18 @@ def check_output_dir(path: str | Path, overwrite: bool) -> Path:
         raise UserError(f"cannot create {path}: {parent} is not a folder.")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to {parent} (permission denied).")
+    return path
+
+
+def resolve_project_dir(path: str | Path) -> Path:
+    """The project a user means by `path`: the folder itself, or the project inside a scene folder that
+    `synth` made (OUT/project) when OUT is not a project itself. Anything else is returned unchanged, for
+    `Project.open` to explain."""
+    path = Path(path).expanduser()
+    inner = path / SCENE_PROJECT
+    if not (path / "project.json").exists() and (inner / "project.json").is_file():
+        log.info("using the project %s inside the scene folder %s", inner, path)
+        return inner
     return path
 
 
@@ -91,7 +107,9 @@ class Project:
             raise UserError(f"{root} is not a folder.")
         meta_path = root / "project.json"
         if not meta_path.is_file():
-            raise UserError(f"{root} is not a project folder (no project.json).")
+            inner = root / SCENE_PROJECT
+            hint = f"; did you mean {inner}?" if (inner / "project.json").is_file() else "."
+            raise UserError(f"{root} is not a project folder (no project.json){hint}")
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as e:

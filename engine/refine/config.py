@@ -3,24 +3,38 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import types
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
 from engine.errors import UserError
 
+log = logging.getLogger(__name__)
+
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "resources" / "presets"
-PRESETS = ("fast", "vid2avatar")
+
+# Choices shared by several configs (and the CLI and the app, which generate their lists from these).
+Preset = Literal["fast", "vid2avatar"]
+MorphLoss = Literal["v1", "v2"]
+PriorShares = Literal["geometry", "all"]
+# Compute device of a job (resolved in engine/refine/session.py).
+Device = Literal["cpu", "cuda"]
+# How a fit uses a prior (engine/refine/prior_file.py): refine everything, or inference (shared fields fixed).
+PriorMode = Literal["refine", "inference"]
 
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """How the avatar is optimised (see DESIGN.md §4 for the two presets)."""
+    """How the avatar is optimised (the two presets: resources/presets, docs/ARCHITECTURE.md)."""
 
-    preset: str = "fast"
+    preset: Preset = "fast"
     """Preset name the other values came from: fast (default) or vid2avatar (faithful baseline)."""
-    sdf: str = "hash"
+    sdf: Literal["hash", "mlp"] = "hash"
     """SDF field: hash (body SDF grid + hash-grid residual) or mlp (8x256 MLP, Vid2Avatar)."""
     hash_levels: int = 12
     """Hash grid levels."""
@@ -32,7 +46,7 @@ class RefineConfig:
     """Width of the MLP SDF (mlp field)."""
     mlp_depth: int = 8
     """Layers of the MLP SDF (mlp field)."""
-    sampler: str = "shell"
+    sampler: Literal["shell", "uniform"] = "shell"
     """Ray sampler: shell (window around the surface inside the body shell) or uniform (+ importance)."""
     rays: int = 512
     """Rays per step."""
@@ -70,14 +84,12 @@ class RefineConfig:
     """Weight of the in-shape loss (deep inside the body must stay inside)."""
     w_mask: float = 0.5
     """Weight of the optional person-mask loss on opacity (0 disables)."""
-    incremental: str = "none"
+    incremental: Literal["none", "linear", "squared"] = "none"
     """Incremental sampling profile: none, linear or squared (rays up, samples per ray down)."""
-    time_consistency: str = "none"
+    time_consistency: Literal["none", "displacement", "sdf"] = "none"
     """Time-consistency regulariser: none, displacement or sdf."""
     w_time: float = 0.01
     """Weight of the time-consistency regulariser."""
-    background: str = "plate"
-    """Background model: plate (learned 2D image, static camera)."""
     eikonal_points: int = 2048
     """Points per step for the eikonal loss (finite differences)."""
     coarse_to_fine: float = 0.5
@@ -92,11 +104,11 @@ class RefineConfig:
     predict a displacement of the canonical point (x' = x_c + morph_factor * displacement)."""
     morph_factor: float = 0.5
     """Morphing factor μ of the geometry encoder's displacement."""
-    morph_loss: str = "v2"
+    morph_loss: MorphLoss = "v2"
     """Morphing loss on the displacements: v1 (sum of their norms) or v2 (mean)."""
     w_morph: float = 0.01
     """Weight of the morphing loss."""
-    prior_shares: str = "geometry"
+    prior_shares: PriorShares = "geometry"
     """What a prior shares across videos: geometry (SDF residual and geometry encoder; every video fits
     its own colour field) or all (the colour field too)."""
     freeze_shared: bool = False
@@ -104,20 +116,9 @@ class RefineConfig:
     background, density scale, body) are fitted (`fit --prior DIR --mode inference`)."""
 
     def validate(self) -> None:
-        if self.sdf not in ("hash", "mlp"):
-            raise UserError(f"sdf must be hash or mlp (got {self.sdf!r}).")
-        if self.sampler not in ("shell", "uniform"):
-            raise UserError(f"sampler must be shell or uniform (got {self.sampler!r}).")
-        if self.incremental not in ("none", "linear", "squared"):
-            raise UserError(f"--incremental must be none, linear or squared (got {self.incremental!r}).")
-        if self.time_consistency not in ("none", "displacement", "sdf"):
-            raise UserError(f"--time-consistency must be none, displacement or sdf (got {self.time_consistency!r}).")
+        check_choices(self)
         if self.video_code_dim < 0 or (self.video_code_dim and self.sdf != "hash"):
             raise UserError("video_code_dim must be 0, or positive with the hash SDF (fast preset).")
-        if self.prior_shares not in ("geometry", "all"):
-            raise UserError(f"--shares must be geometry or all (got {self.prior_shares!r}).")
-        if self.morph_loss not in ("v1", "v2"):
-            raise UserError(f"--morph-loss must be v1 or v2 (got {self.morph_loss!r}).")
         if not 0 <= self.morph_factor <= 1:
             raise UserError(f"--morph-factor must be in [0, 1] (got {self.morph_factor}).")
         for name in ("rays", "coarse_samples", "fine_samples"):
@@ -131,8 +132,17 @@ class RefineConfig:
 
     @staticmethod
     def from_dict(d: dict) -> RefineConfig:
+        """A config saved by this or an older version (settings that no longer exist are ignored)."""
         known = {f.name for f in fields(RefineConfig)}
+        unknown = tuple(sorted(set(d) - known))
+        if unknown and unknown not in _warned_unknown:  # a checkpoint is re-read often: say it once
+            _warned_unknown.add(unknown)
+            log.warning("ignoring setting(s) this version no longer has: %s", ", ".join(unknown))
         return RefineConfig(**{k: v for k, v in d.items() if k in known})
+
+
+_warned_unknown: set[tuple[str, ...]] = set()
+PRESETS: tuple[str, ...] = typing.get_args(Preset)
 
 
 def field_docs(cls: type | None = None) -> dict[str, str]:
@@ -149,6 +159,34 @@ def field_docs(cls: type | None = None) -> dict[str, str]:
             docs[last] = str(node.value.value)
             last = None
     return docs
+
+
+def choices(cls_or_alias, name: str | None = None) -> tuple[str, ...]:
+    """The allowed values of a `Literal` field of a config dataclass (`choices(RefineConfig, "sdf")`), or of
+    a `Literal` alias (`choices(Device)`); () when the field has no fixed set. The CLI's `choices=`, the app's
+    combo boxes and `validate()` all read this, so each set is declared once: on its annotation."""
+    return _literal_args(typing.get_type_hints(cls_or_alias)[name] if name is not None else cls_or_alias)
+
+
+def _literal_args(typ) -> tuple[str, ...]:
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):  # Literal[...] | None: None is checked apart
+        typ = next((a for a in typing.get_args(typ) if typing.get_origin(a) is Literal), None)
+    return tuple(typing.get_args(typ)) if typing.get_origin(typ) is Literal else ()
+
+
+def check_choices(config) -> None:
+    """Raises UserError naming the first `Literal` field of a config dataclass whose value is not allowed
+    (None passes where the field is `Literal[...] | None`)."""
+    hints = typing.get_type_hints(type(config))
+    for f in fields(config):
+        allowed, value = _literal_args(hints[f.name]), getattr(config, f.name)
+        if allowed and value not in allowed and not (value is None and type(None) in typing.get_args(hints[f.name])):
+            raise UserError(f"{f.name} must be {one_of(allowed)} (got {value!r}).")
+
+
+def one_of(allowed: tuple[str, ...]) -> str:
+    """`a, b or c` (for messages and help texts)."""
+    return allowed[0] if len(allowed) == 1 else f"{', '.join(allowed[:-1])} or {allowed[-1]}"
 
 
 def load_preset(name: str, **overrides) -> RefineConfig:

@@ -30,10 +30,10 @@ from engine.body import BodyConfig, BodyParams, create_body_model
 from engine.body.base import KEYPOINT_NAMES, BodyModel
 from engine.errors import UserError
 from engine.geometry.camera import Camera, look_at, project
-from engine.io.mesh import write_mesh
+from engine.io import atomic
 from engine.io.video import write_mp4
 from engine.jobs.events import CancelToken, Done, Event, Log, Progress
-from engine.io import atomic
+from engine.mesh import write_mesh
 from engine.project import Project, check_output_dir
 from engine.render.raycast import render_mesh
 from engine.synth.appearance import background_image, vertex_colors

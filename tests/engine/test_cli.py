@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.errors import UserError
+from engine.jobs.events import Progress
 from engine.project import Project
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,3 +87,114 @@ def test_eval_refuses_what_is_not_a_project(tmp_path):
 def test_eval_json_to_missing_folder(small_scene, tmp_path):
     p = run("eval", str(small_scene / "project"), "--json", str(tmp_path / "nope" / "r.json"))
     assert_clean_error(p, "does not exist")
+
+
+def test_a_synth_folder_stands_for_its_project(small_scene, tmp_path):
+    # `synth OUT` writes OUT/project; every command that reads a project takes OUT too, and says so.
+    p = run("eval", str(small_scene), "--json", str(tmp_path / "r.json"))
+    assert p.returncode == 0, p.stderr
+    assert f"using the project {small_scene / 'project'}" in p.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["frames"] == [4, 9]
+    with pytest.raises(UserError, match=f"did you mean {small_scene / 'project'}"):
+        Project.open(small_scene)
+
+
+def test_export_canonical_is_the_unposed_mesh_only(tmp_path):
+    out = str(tmp_path / "a.obj")
+    assert_clean_error(run("export", str(tmp_path), out, "--canonical", "--frame", "1"), "--canonical")
+    assert_clean_error(run("export", str(tmp_path), "--sequence", str(tmp_path / "seq"), "--canonical"), "--sequence")
+    assert not (tmp_path / "a.obj").exists() and not (tmp_path / "seq").exists()
+
+
+def _option(parser: argparse.ArgumentParser, *commands: str, flag: str) -> argparse.Action:
+    for name in commands:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return next(a for a in parser._actions if flag in a.option_strings)
+
+
+def test_option_choices_come_from_the_declarations():
+    from engine.cli import build_parser
+    from engine.evaluation import EvalConfig
+    from engine.mesh import FORMATS
+    from engine.preprocess.job import PreprocessConfig
+    from engine.prior.train import PriorConfig
+    from engine.refine.config import Device, PriorMode, RefineConfig, choices, load_preset
+    from engine.refine.export import ExportConfig
+    from engine.synth.garments import GARMENTS
+    from engine.synth.motion import MOTIONS
+
+    p = build_parser()
+    expected = {
+        ("fit", "--preset"): choices(RefineConfig, "preset"),
+        ("fit", "--incremental"): choices(RefineConfig, "incremental"),
+        ("fit", "--time-consistency"): choices(RefineConfig, "time_consistency"),
+        ("fit", "--morph-loss"): choices(RefineConfig, "morph_loss"),
+        ("fit", "--mode"): choices(PriorMode),
+        ("fit", "--device"): choices(Device),
+        ("prior", "train", "--preset"): choices(PriorConfig, "preset"),
+        ("prior", "train", "--shares"): choices(PriorConfig, "shares"),
+        ("preprocess", "--body"): choices(PreprocessConfig, "body"),
+        ("preprocess", "--device"): choices(PreprocessConfig, "device"),
+        ("eval", "--method"): choices(EvalConfig, "method"),
+        ("export", "--up"): choices(ExportConfig, "up"),
+        ("export", "--format"): FORMATS,
+        ("synth", "--motion"): MOTIONS,
+        ("synth", "--garment"): GARMENTS,
+    }
+    for (*commands, flag), allowed in expected.items():
+        assert allowed, (commands, flag)
+        assert tuple(_option(p, *commands, flag=flag).choices) == tuple(allowed), (commands, flag)
+    assert choices(RefineConfig, "preset") == choices(PriorConfig, "preset")
+    assert choices(RefineConfig, "rays") == ()  # not a fixed set
+    # validate() checks the same declaration.
+    with pytest.raises(UserError, match="incremental must be none, linear or squared"):
+        load_preset("fast", incremental="cubic")
+    with pytest.raises(UserError, match="--body"):
+        PreprocessConfig(body="mannequin").validate()
+
+
+def test_old_saved_settings_still_load(caplog):
+    # A checkpoint of an older version may hold settings that are gone (e.g. `background`).
+    from engine.refine.config import RefineConfig
+
+    old = {**RefineConfig().to_dict(), "background": "plate", "test_only_gone_setting": 1}
+    with caplog.at_level("WARNING"):
+        assert RefineConfig.from_dict(old) == RefineConfig()
+    assert "background" in caplog.text
+
+
+def test_progress_to_a_pipe_is_plain_lines(small_scene, tmp_path):
+    # Not a terminal: no carriage-return bar updates, only a line per stage (the body model cache is warm).
+    p = subprocess.run([sys.executable, str(ROOT / "main.py"), "synth", str(tmp_path / "s"), "--frames", "30",
+                        "--size", "64"], capture_output=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert b"\r" not in p.stderr + p.stdout
+    lines = p.stderr.decode().splitlines()
+    render = [line for line in lines if line.startswith("render:")]
+    assert render and render[-1].startswith("render: 30/30 (100 %)"), lines
+    assert len(render) <= 10 and len(lines) <= 20, lines  # not one per frame
+
+
+def test_plain_progress_throttles_and_ends_each_stage():
+    from engine.cli import PlainProgress
+
+    lines, now = [], [0.0]
+    progress = PlainProgress(lines.append, every=5.0, clock=lambda: now[0])
+    for i in range(1, 81):  # 80 steps over 20 s
+        now[0] = i * 0.25
+        progress.update(Progress("refine", i, 80))
+        if i == 30:
+            progress.losses({"total": 0.5, "psnr_batch": 20.0})
+    progress.update(Progress("mesh", 0, 1))  # the finished stage already said where it ended
+    now[0] += 1.0
+    progress.update(Progress("mesh", 1, 1))
+    progress.update(Progress("frames", 3, 0))  # no total: its end is shown when it ends
+    progress.close()
+    assert lines == [
+        "refine: 21/80 (26 %), 5 s",
+        "refine: 41/80 (51 %), 10 s, loss 0.5000, psnr 20.0",
+        "refine: 61/80 (76 %), 15 s, loss 0.5000, psnr 20.0",
+        "refine: 80/80 (100 %), 20 s, loss 0.5000, psnr 20.0",
+        "mesh: 1/1 (100 %), 1 s",
+        "frames: 3, 0 s",
+    ]

@@ -21,7 +21,7 @@ from engine.mesh import (
     write_mesh,
     write_sequence,
 )
-from engine.mesh import export as export_mod
+from engine.mesh import files as files_mod
 
 CENTRE = np.array([0.013, 0.021, -0.017])  # off the grid points, so no SDF value is exactly 0
 RADIUS = 0.5
@@ -256,7 +256,7 @@ def test_failed_write_keeps_existing_file(tmp_path, sphere, monkeypatch):
         f.write(b"ply\npartial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(export_mod, "_write_ply", half_then_fail)
+    monkeypatch.setattr(files_mod, "_write_ply", half_then_fail)
     with pytest.raises(UserError, match="No space left"):
         write_mesh(target, sphere)
     assert target.read_bytes() == before
@@ -282,11 +282,10 @@ def test_write_sequence(tmp_path, sphere):
         write_sequence(tmp_path / "x", [sphere], fmt="stl")
 
 
-def test_io_wrapper_still_writes(tmp_path, sphere):
-    from engine.io.mesh import write_mesh as legacy_write
-
-    legacy_write(tmp_path / "legacy.ply", sphere.vertices, sphere.faces, np.full((sphere.num_vertices, 3), 0.5))
-    loaded = trimesh.load(tmp_path / "legacy.ply", process=False)
+def test_write_bare_arrays_with_colours(tmp_path, sphere):
+    # Callers without a Mesh (engine/synth/scene.py) pass vertices, faces and colours.
+    write_mesh(tmp_path / "arrays.ply", sphere.vertices, sphere.faces, np.full((sphere.num_vertices, 3), 0.5))
+    loaded = trimesh.load(tmp_path / "arrays.ply", process=False)
     assert len(loaded.faces) == sphere.num_faces
     assert np.all(np.asarray(loaded.visual.vertex_colors)[:, :3] == 128)
 
