@@ -159,3 +159,9 @@ def running_runners() -> list[QThread]:
     import shiboken6
 
     return [r for r in list(LIVE_RUNNERS) if shiboken6.isValid(r) and r.isRunning()]
+
+
+def fmt_time(s: float) -> str:
+    """Seconds as m:ss, or h:mm:ss from an hour on (ETAs in the status bar)."""
+    s = int(round(s))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"

@@ -65,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     w.show()
     logging.getLogger(__name__).info("torch uses %d thread(s); one core is left to the window", threads)
     if args.demo:
-        QTimer.singleShot(0, lambda: w.open_demo(autostart=args.start))
+        QTimer.singleShot(0, lambda: w.preprocess.open_demo(autostart=args.start))
     elif args.path:
-        QTimer.singleShot(0, lambda: w.open_path(args.path) and args.start and w.start_refine())
+        QTimer.singleShot(0, lambda: w.open_path(args.path) and args.start and w.refine.start())
     code = app.exec()
     # Delete the window while Qt still runs: left to interpreter shutdown, the order in which Python and
     # Qt objects go can crash at exit.

@@ -51,27 +51,28 @@ def main(argv: list[str] | None = None) -> int:
     w.assume_yes = True
     w.resize(1280, 800)
     w.show()
-    w.preview_every = w.mesh_every = 50
-    w.mesh_resolution = 128
+    w.refine.preview_every = w.refine.mesh_every = 50
+    w.refine.mesh_resolution = 128
     w.controls.steps.setValue(args.steps)
     w.controls.minutes.setValue(0)
-    w.open_demo(autostart=False)
+    w.preprocess.open_demo(autostart=False)
     _wait(app, lambda: w.project is not None and w.job_runner is None, 600)
-    w.start_refine()
-    _wait(app, lambda: w.fit_runner is None, 1800)
+    w.refine.start()
+    _wait(app, lambda: w.refine.runner is None, 1800)
     w.timeline.set_frame(args.frame)
-    w._render_frame(args.frame)
-    _wait(app, lambda: args.frame in w.frames.renders and w.posed_frame == args.frame
-          and w.shown_token == w.mesh_token and w.losses.held_steps[-1:] == [w.step], 600)
+    w.views.render_frame(args.frame)
+    _wait(app, lambda: args.frame in w.frames.renders and w.views.posed_frame == args.frame
+          and w.views.shown_token == w.views.mesh_token and w.losses.held_steps[-1:] == [w.refine.step], 600)
+    w.mesh_view.reset_view()  # framed as the posed mesh of that frame
     for _ in range(20):
         app.processEvents()
         time.sleep(0.05)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    w.save_screenshot("window", out / "app_window.png")
+    w.capture.save_screenshot("window", out / "app_window.png")
     w.mesh_view.shading.setCurrentText("normals")
     app.processEvents()
-    w.save_screenshot("3D panel", out / "app_mesh_normals.png")
+    w.capture.save_screenshot("3D panel", out / "app_mesh_normals.png")
     w.close()
     import shiboken6
 

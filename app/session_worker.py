@@ -1,12 +1,14 @@
 """A thread holding an engine `Session` of the open project, for on-demand views.
 
 Posing a mesh into a frame, rendering a frame and counting the triangles of an export are engine
-calls on a session (`posed_mesh`, `Session.render_frame`, `canonical_mesh`); they take from a tenth of
-a second to seconds, so they run here, one at a time, newest request of each kind first (a slider
-dragged over 20 frames asks for 20 poses; only the last one still matters). Scoring the held-out frames
-while a run trains loads each newer checkpoint into the session first, so it comes last; during a run it is
-also paced, so that scoring keeps this thread busy at most `score_duty` of the time (on a 2-core machine it
-shares a core with the window while training has the other).
+calls on a session (`Session.posed_mesh`, `Session.render_frame`, `canonical_mesh`); they can take seconds, so
+they run here, one at a time, only the newest request of each kind (a slider dragged over many frames
+asks for as many poses; only the last one still matters). Scoring the held-out frames while a run trains
+loads each newer checkpoint into the session first, so it comes last; during a run it is also paced
+(`engine.jobs.pacing.TimeShare`), so that scoring keeps this thread busy at most `score_share` of the
+time (on a 2-core machine it shares a core with the window while training has the other). Each score
+is recorded in the project's history (`engine.refine.history`), which the loss plot draws when the
+project is opened again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from PySide6.QtCore import QThread, Signal
 
 from app.jobs import LIVE_RUNNERS, frozen
 from engine.errors import UserError
+from engine.jobs.pacing import TimeShare
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +59,9 @@ class SessionWorker(QThread):
     failed = Signal(str, str)
 
     ORDER = ("open", "pose", "canonical", "count", "render", "score")  # what is served first
-    # Paced scoring: at most this fraction of the time (a scoring of s seconds, then 4 s idle). Measured on the
-    # demo (2 cores): 0.2 costs training 5-8 % and gives a point about every 100 steps; 0.1 about 1 % and
-    # every 200-300 steps.
-    score_duty = 0.2
+    # Paced scoring: at most this share of the time (a scoring of s seconds, then 4·s idle); a smaller share
+    # slows training less and gives fewer held-out points (README, "Watch and scrub").
+    score_share = 0.2
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -71,7 +73,7 @@ class SessionWorker(QThread):
         self._meshes: dict[int, object] = {}  # export resolution → canonical Mesh (for counts)
         self._open_args: tuple = ()
         self._scored: tuple = ()  # (project, step) scored last: a re-opened session is not scored twice
-        self._score_ready_at = 0.0  # monotonic time before which a paced scoring waits
+        self._score_gate = TimeShare(self.score_share)  # when a paced scoring may start
         LIVE_RUNNERS.add(self)
 
     # ---- GUI thread -------------------------------------------------------------------------
@@ -98,7 +100,7 @@ class SessionWorker(QThread):
         """The request to serve now (with the lock held); a paced scoring waits for its time."""
         for k in self.ORDER:
             if k in self._pending:
-                if k == "score" and self._pending[k][1] and time.monotonic() < self._score_ready_at:
+                if k == "score" and self._pending[k][1] and not self._score_gate.ready():
                     continue
                 return k
         return None
@@ -113,7 +115,7 @@ class SessionWorker(QThread):
                     kind = self._next_kind()
                     if kind is not None:
                         break
-                    wait = None if "score" not in self._pending else max(0.01, self._score_ready_at - time.monotonic())
+                    wait = None if "score" not in self._pending else max(0.01, self._score_gate.wait_s())
                     self._cond.wait(wait)
                 args = self._pending.pop(kind)
             try:
@@ -138,13 +140,12 @@ class SessionWorker(QThread):
 
     def _do_pose(self, frame: int, token: int, mesh: MeshArrays) -> None:
         from engine.mesh import Mesh
-        from engine.refine.export import posed_mesh
 
         if self._session is None:
             return
         # Writable copies: the engine hands vertices to torch, which warns on read-only arrays.
         m = Mesh(mesh.vertices.copy(), mesh.faces.copy(), None if mesh.colors is None else mesh.colors.copy())
-        self.posed.emit(frame, token, MeshArrays.of(posed_mesh(self._session, m, frame), mesh.step))
+        self.posed.emit(frame, token, MeshArrays.of(self._session.posed_mesh(m, frame), mesh.step))
 
     def _do_render(self, frame: int) -> None:
         if self._session is None:
@@ -175,19 +176,32 @@ class SessionWorker(QThread):
         if self._session is None or not frames:
             return
         t0 = time.perf_counter()
-        try:
-            if self._session.reload_checkpoint():
+        with self._score_gate:  # the reload counts as this thread's busy time too
+            try:
+                if self._session.reload_checkpoint():
+                    self._meshes = {}
+            except UserError:  # a run with another configuration wrote it (start over): a new session
+                root, device, body_model_dir = self._open_args
+                self._session = open_session(root, None, device, body_model_dir, require_checkpoint=True)
                 self._meshes = {}
-        except UserError:  # a run with another configuration wrote it (start over): a new session
-            root, device, body_model_dir = self._open_args
-            self._session = open_session(root, None, device, body_model_dir, require_checkpoint=True)
-            self._meshes = {}
-        s = self._session
-        key = (str(s.project.root), s.step)
-        if key == self._scored:
-            return
-        scores = live_scores(s, frames)
-        self._scored = key
-        took = time.perf_counter() - t0
-        self._score_ready_at = time.monotonic() + took * (1 / self.score_duty - 1)
-        self.scored.emit(s.step, scores, took)
+            s = self._session
+            key = (str(s.project.root), s.step)
+            if key == self._scored:
+                return
+            scores = live_scores(s, frames)
+            self._scored = key
+            self.scored.emit(s.step, scores, time.perf_counter() - t0)
+            if scores:
+                self._record_scores(s.project.root, s.step, scores)
+
+    @staticmethod
+    def _record_scores(root, step: int, scores: dict) -> None:
+        """Keeps the scores in the project's history (a project we cannot write keeps only the live curve)."""
+        from engine.refine.history import RunHistory
+
+        try:
+            history = RunHistory.load(root)
+            history.add_scores(step, scores)
+            history.save(root)
+        except OSError as e:
+            log.warning("held-out scores of step %d not saved in %s: %s", step, root, e)

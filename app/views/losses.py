@@ -9,7 +9,7 @@ from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QSplitter, QVBoxLayout, QW
 
 from app.views.elided import ElidedLabel
 
-NOT_LOSSES = {"beta", "psnr_batch"}  # values of a Losses event that are not loss terms
+NOT_LOSSES = {"beta", "psnr_batch", "rays_per_s"}  # values of a step that are not loss terms
 HELD_OUT_KEYS = {"psnr": "held-out frames", "m_psnr": "held-out, person only"}
 COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324", "#808000",
           "#000075", "#469990"]
@@ -17,7 +17,7 @@ COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f0
 
 class LossPlot(QWidget):
     """One curve per loss term (total drawn thicker), log-scale toggle; beside it, the PSNR of each training
-    batch and, every so often, of full renders of held-out frames."""
+    batch and, every so often, of renders of held-out frames."""
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -87,19 +87,28 @@ class LossPlot(QWidget):
 
     def add(self, events: list) -> None:
         """Appends a batch of Losses events and redraws once."""
-        if not events:
+        self._add_points([(ev.step, ev.values) for ev in events])
+
+    def show_history(self, losses: list[dict], scores: list[dict]) -> None:
+        """Draws a saved run (`engine.refine.history.RunHistory`'s entries: {"step", **values}) afresh."""
+        self.clear()
+        self._add_points([(e["step"], {k: v for k, v in e.items() if k != "step"}) for e in losses])
+        self._add_held_out([(e["step"], e) for e in scores])
+
+    def _add_points(self, points: list[tuple[int, dict]]) -> None:
+        if not points:
             return
-        for ev in events:
-            if self.steps and ev.step <= self.steps[-1]:
+        for step, values in points:
+            if self.steps and step <= self.steps[-1]:
                 # A resumed run restarts the numbering at the checkpoint: drop what it redoes.
-                keep = int(np.searchsorted(self.steps, ev.step))
+                keep = int(np.searchsorted(self.steps, step))
                 self.steps = self.steps[:keep]
                 for k in self.data:
                     self.data[k] = self.data[k][:keep]
-                self._drop_held_out_from(ev.step)
+                self._drop_held_out_from(step)
             n = len(self.steps)
-            self.steps.append(ev.step)
-            for k, v in ev.values.items():
+            self.steps.append(step)
+            for k, v in values.items():
                 series = self.data.setdefault(k, [float("nan")] * n)
                 series.append(float(v))
             for series in self.data.values():
@@ -125,17 +134,23 @@ class LossPlot(QWidget):
         which = f"frame{'s' if len(frames) > 1 else ''} {', '.join(map(str, frames))}" if frames else "none"
         self.psnr_area.setToolTip(
             "<b>training batch</b>: PSNR of the rays of one step, on the frames the avatar learns from.<br>"
-            f"<b>held-out</b>: PSNR of full renders of held-out frames ({which}) the avatar never trains on, "
+            f"<b>held-out</b>: PSNR of renders of held-out frames ({which}) the avatar never trains on, "
             f"from the latest checkpoint{f', about every {every} steps' if every else ''}; <i>person only</i> "
             "counts the person's pixels (masked PSNR).<br>A held-out frame's body is interpolated from its refined "
             "neighbours (no test-time pose fit, unlike <tt>eval</tt>): a live trend, not the final score.")
 
     def add_held_out(self, step: int, scores: dict) -> None:
         """One held-out point (a point at a step already plotted replaces it)."""
-        self._drop_held_out_from(step)
-        self.held_steps.append(step)
-        for k, series in self.held.items():
-            series.append(float(scores.get(k, float("nan"))))
+        self._add_held_out([(step, scores)])
+
+    def _add_held_out(self, points: list[tuple[int, dict]]) -> None:
+        if not points:
+            return
+        for step, scores in points:
+            self._drop_held_out_from(step)
+            self.held_steps.append(step)
+            for k, series in self.held.items():
+                series.append(float(scores.get(k, float("nan"))))
         x = np.asarray(self.held_steps, float)
         for k, curve in self.held_curves.items():
             curve.setData(x, np.asarray(self.held[k], float), connect="finite")

@@ -44,6 +44,9 @@ HEADLIGHT = shaders.ShaderProgram("avatar_headlight", [
     """),
 ])
 SHADINGS = {"colours": HEADLIGHT, "normals": "normalColor", "flat colours": None}
+FILL = 0.85  # a framed mesh spans this share of the view's height (or less, when its width would not fit)
+FILL_WIDTH = 0.95  # ... and at most this share of the view's width
+ELEVATION, AZIMUTH = 8.0, -90.0  # the framed camera: slightly above, in front of the person
 
 
 def to_view(v: np.ndarray) -> np.ndarray:
@@ -89,8 +92,7 @@ class MeshView(QWidget):
         self.view.addItem(grid)
         self.item: gl.GLMeshItem | None = None
         self.mesh = None  # what is shown (MeshArrays, in engine coordinates)
-        self._center = np.zeros(3)
-        self._size = 2.0
+        self._center = np.zeros(3)  # of the framed mesh, in view coordinates
         self._framed = False
         self.turn_timer = QTimer(self)
         self.turn_timer.setInterval(33)
@@ -108,11 +110,8 @@ class MeshView(QWidget):
     def set_mesh(self, mesh, label: str = "") -> None:
         """Shows a mesh (anything with vertices [V, 3], faces [F, 3], colors [V, 3] or None)."""
         self.mesh = mesh
-        v = to_view(mesh.vertices)
-        if not self._framed and len(v):
+        if not self._framed and len(mesh.vertices):
             # Frame the first mesh; later ones (a new step, another frame) keep the user's camera.
-            self._center = 0.5 * (v.min(0) + v.max(0))
-            self._size = float(np.max(v.max(0) - v.min(0)))
             self._framed = True
             self.reset_view()
         self._redraw()
@@ -136,14 +135,43 @@ class MeshView(QWidget):
             self.view.removeItem(self.item)
         self.item = gl.GLMeshItem(meshdata=md, smooth=True, shader=shader, glOptions="opaque")
         self.view.addItem(self.item)
-        self.grid.resetTransform()
-        self.grid.translate(self._center[0], self._center[1], float(to_view(m.vertices)[:, 2].min()))
+        self._place_grid(to_view(m.vertices))
 
     def reset_view(self) -> None:
+        """Frames the shown mesh: its bounding box's centre in the middle, the mesh filling `FILL` of the
+        view's height (from the camera's field of view), seen from `ELEVATION` and `AZIMUTH`."""
         from pyqtgraph import Vector
 
-        self.view.setCameraPosition(pos=Vector(*self._center), distance=1.8 * self._size + 0.5, elevation=8,
-                                    azimuth=-90)
+        v = to_view(self.mesh.vertices) if self.mesh is not None else np.zeros((0, 3), np.float32)
+        if len(v):
+            self._center = 0.5 * (v.min(0) + v.max(0))
+        distance = self._framing_distance(v) if len(v) else 4.0
+        self.view.setCameraPosition(pos=Vector(*self._center), distance=distance, elevation=ELEVATION,
+                                    azimuth=AZIMUTH)
+        if self.mesh is not None:
+            self._place_grid(v)
+
+    def _framing_distance(self, v: np.ndarray) -> float:
+        """The camera distance at which the vertices `v` (view coordinates) just fit in `FILL` of the view's
+        height and `FILL_WIDTH` of its width, seen from the framed direction."""
+        from pyqtgraph import Vector
+
+        view = self.view
+        view.setCameraPosition(pos=Vector(*self._center), distance=0.0, elevation=ELEVATION, azimuth=AZIMUTH)
+        m = np.array(view.viewMatrix().copyDataTo(), np.float64).reshape(4, 4)  # eye coordinates at distance 0
+        q = v.astype(np.float64) @ m[:3, :3].T + m[:3, 3]  # x right, y up, z towards the camera
+        tan_x = np.tan(np.radians(view.opts["fov"]) / 2)  # pyqtgraph's field of view is horizontal
+        tan_y = tan_x * max(view.height(), 1) / max(view.width(), 1)
+        # At distance d a point lies d - z in front of the camera and shows at y / ((d - z)·tan_y) of the
+        # half-height: it fits within FILL when d ≥ z + |y| / (FILL·tan_y); likewise across.
+        d = max(np.max(q[:, 2] + np.abs(q[:, 1]) / (FILL * tan_y)),
+                np.max(q[:, 2] + np.abs(q[:, 0]) / (FILL_WIDTH * tan_x)))
+        return float(max(d, np.max(q[:, 2]) + 1e-3, 1e-3))
+
+    def _place_grid(self, v: np.ndarray) -> None:
+        """The floor grid under the framed mesh's feet."""
+        self.grid.resetTransform()
+        self.grid.translate(self._center[0], self._center[1], float(v[:, 2].min()))
 
     def grab_array(self, width: int = 640, height: int = 640) -> np.ndarray:
         """The view rendered offscreen at this size: [H, W, 3] uint8 (same camera as on screen)."""

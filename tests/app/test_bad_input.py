@@ -42,7 +42,7 @@ def test_bad_folders_and_files_leave_the_app_usable(window, qapp, tiny_project, 
     # A file named like a video that is not one: preprocessing refuses it with a message, nothing is made.
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\0garbage" * 100)
-    assert w.new_project_from_video(broken, target=tmp_path / "from_broken")
+    assert w.preprocess.new_project_from_video(broken, target=tmp_path / "from_broken")
     w.last_error = None
     wait_until(qapp, lambda: w.job_runner is None, 120, "preprocessing to refuse the file")
     assert w.last_error and "broken.mp4" in w.last_error

@@ -74,13 +74,13 @@ def test_new_project_from_dropped_video(window, qapp, tmp_path):
     # The project is open, at the chosen place, ready to refine.
     target = projects / "video"
     assert w.project is not None and w.project.root == target.resolve()
-    assert w.project.num_frames == 8 and w.timeline.n == 8 and w.heldout_frames == [4]
+    assert w.project.num_frames == 8 and w.timeline.n == 8 and w.refine.heldout_frames == [4]
     assert w.controls.state == "idle" and w.controls.start_button.isEnabled()
     assert str(target.resolve()) in w.settings.recent
     assert w.frames.tiles["input"].image is not None
 
     # The fitted body over the frames is shown to the user before refining: a dialog with the contact sheet.
-    dlg = w.overlay_dialog
+    dlg = w.preprocess.overlay_dialog
     assert dlg.isVisible() and "Body fit" in dlg.windowTitle()
     pm = dlg.sheet.pixmap()
     assert not pm.isNull() and pm.width() > 200 and pm.height() > 100
@@ -95,18 +95,18 @@ def test_new_project_from_dropped_video(window, qapp, tmp_path):
     dlg.close()
 
     # Refine a few steps on the new project.
-    w.preview_every = w.mesh_every = w.checkpoint_every = 4  # one render and one mesh, at the last step
-    w.mesh_resolution = 64
+    w.refine.preview_every = w.refine.mesh_every = w.refine.checkpoint_every = 4  # one render and one mesh, at the last step
+    w.refine.mesh_resolution = 64
     w.controls.steps.setValue(4)
     w.controls.minutes.setValue(0)
     w.controls.start_button.click()
     assert w.controls.state == "running"
-    wait_until(qapp, lambda: w.fit_runner is None, 300, "the refine run to finish")
+    wait_until(qapp, lambda: w.refine.runner is None, 300, "the refine run to finish")
     assert w.last_error is None, w.last_error
-    assert w.step == 4 and w.losses.num_points == 4 and checkpoint_path(target).exists()
+    assert w.refine.step == 4 and w.losses.num_points == 4 and checkpoint_path(target).exists()
     assert w.controls.state == "resumable"
     assert all(np.isfinite(w.losses.data["total"]))
     step, imgs = w.frames.renders[0]
     assert step == 4 and imgs["rgb"].shape == (128, 96, 3) and w.frames.tiles["render"].image is not None
-    wait_until(qapp, lambda: w.canonical is not None and w.canonical.step == 4, 120, "the mesh of the last step")
+    wait_until(qapp, lambda: w.views.canonical is not None and w.views.canonical.step == 4, 120, "the mesh of the last step")
     assert w.mesh_view.num_faces > 100

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.refine.prior_file import SHIPPED_PRIOR, load_prior
 from engine.refine.checkpoint import checkpoint_path
+from engine.refine.prior_file import SHIPPED_PRIOR, load_prior
 from tests.app.conftest import wait_until
 
 
@@ -25,7 +25,7 @@ def test_new_fit_starts_from_the_shipped_prior(window, qapp, tiny_project):
     c.minutes.setValue(0)
     c.start_button.click()
     assert c.state == "running" and not c.prior.isEnabled()
-    wait_until(qapp, lambda: w.fit_runner is None, 240, "the run to finish")
+    wait_until(qapp, lambda: w.refine.runner is None, 240, "the run to finish")
     assert "start from the prior" in w.log_panel.toPlainText()
     ck = torch.load(checkpoint_path(tiny_project), weights_only=True)
     assert ck["step"] == 3 and ck["config"]["freeze_shared"]

@@ -1,0 +1,68 @@
+"""Export: the dialog (with the triangle count from the session worker), then the engine's `export_job`,
+the same job as the CLI's `export`, in the window's job slot."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import QObject
+
+from app.export_dialog import ExportDialog, ExportRequest
+from app.jobs import JobRunner
+from engine.refine.checkpoint import checkpoint_path
+
+log = logging.getLogger(__name__)
+
+
+class ExportFlow(QObject):
+    """The export dialog of `window`'s project and the export job it starts."""
+
+    def __init__(self, window) -> None:
+        super().__init__(window)
+        self.w = window
+        self.dialog: ExportDialog | None = None
+
+    def show_dialog(self) -> ExportDialog | None:
+        w = self.w
+        if w.project is None or not checkpoint_path(w.project.root).exists():
+            w.show_error("Export", "There is no fitted avatar to export yet: refine the project first.")
+            return None
+        dlg = ExportDialog(w.timeline.frame, w.project.num_frames, str(w.project.root / "exports"), w)
+        dlg.count_requested.connect(lambda res, faces: w.session_worker.request("count", res, faces))
+        dlg.accepted.connect(lambda: self.start(dlg.request()))
+        self.dialog = dlg
+        dlg.open()
+        return dlg
+
+    def counted(self, res: int, faces, n: int) -> None:
+        if self.dialog is not None:
+            self.dialog.show_count(res, faces, n)
+
+    def start(self, req: ExportRequest) -> JobRunner | None:
+        """Runs the engine's export_job (the CLI's `export`) with the dialog's choices."""
+        from engine.refine.export import export_job
+
+        w = self.w
+        if w.project is None:
+            return None
+        if w.job_runner is not None and w.job_runner.isRunning():
+            w.show_error("Export", "Another job is running; try again when it has finished.")
+            return None
+        out = Path(req.out)
+        try:
+            (out if req.sequence else out.parent).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            w.show_error("Export failed", f"cannot create {out if req.sequence else out.parent}: {e.strerror or e}")
+            return None
+        root, device, body_dir = w.project.root, w.controls.device_name, w.controls.body_model_dir
+
+        def done(result: dict) -> None:
+            files = result["files"]
+            log.info("exported %d file(s), %d triangles each: %s", len(files), result["faces"],
+                     files[0] if len(files) == 1 else Path(files[0]).parent)
+            w.statusBar().showMessage(f"Exported {len(files)} file(s) to {Path(files[0]).parent}", 10_000)
+
+        return w.start_job("export", lambda tok: export_job(root, out, req.config, sequence=req.sequence, fmt=req.fmt,
+                                                             overwrite=req.overwrite, device=device,
+                                                             body_model_dir=body_dir, cancel=tok), done)
