@@ -126,7 +126,7 @@ class ExportDialog(QDialog):
     def _fix_suffix(self, fmt: str) -> None:
         p = Path(self.out.text())
         if self._sequence():
-            self.out.setText(str(p.with_suffix("")) if p.suffix.lower() in (".obj", ".ply") else str(p))
+            self.out.setText(str(p.with_suffix("")) if p.suffix.lower()[1:] in choices(MeshFormat) else str(p))
         else:
             self.out.setText(str(p.with_suffix("." + fmt) if p.suffix else p.with_name(p.name + "." + fmt)))
 

@@ -262,10 +262,11 @@ def _cmd_prior_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from engine.mesh import FORMATS
     from engine.refine.export import ExportConfig, export_job
 
     if (args.out is None) == (args.sequence is None):
-        raise UserError("give either OUT.obj|OUT.ply or --sequence DIR.")
+        raise UserError(f"give either an output file ({', '.join('OUT.' + f for f in FORMATS)}) or --sequence DIR.")
     if args.sequence is not None and (args.frame is not None or args.canonical):
         raise UserError("--sequence writes every frame posed; leave out --frame and --canonical.")
     if args.canonical and args.frame is not None:
@@ -454,7 +455,7 @@ def _export_args(x: argparse.ArgumentParser) -> None:
     from engine.refine.export import ExportConfig
 
     _add_project_arg(x)
-    x.add_argument("out", metavar="OUT.obj|OUT.ply", nargs="?", help="output file")
+    x.add_argument("out", metavar="|".join(f"OUT.{f}" for f in choices(MeshFormat)), nargs="?", help="output file")
     x.add_argument("--sequence", metavar="DIR", help="write every frame, posed, into DIR instead")
     x.add_argument("--format", choices=choices(MeshFormat), default="obj", help="file format for --sequence (default obj)")
     x.add_argument("--frame", type=int, help="pose the mesh into this frame (default: canonical)")
