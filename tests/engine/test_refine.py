@@ -202,7 +202,7 @@ def test_the_step_driver_rolls_back_after_repeated_non_finite_steps(fitted):
     s = open_session(fitted[0])
     opt = Optimizers.for_avatar(s.avatar, s.cfg)
     driver = StepDriver(s, opt, TrainData.of(s), opt.base_lrs(s.cfg), *random_streams(0, 0, s.device))
-    good_beta = float(s.avatar.log_beta)
+    good_beta = float(s.avatar.log_beta.detach())
     step0 = s.step
     with torch.no_grad():
         s.avatar.log_beta.fill_(float("nan"))
@@ -212,7 +212,7 @@ def test_the_step_driver_rolls_back_after_repeated_non_finite_steps(fitted):
         assert values is None and warning
         warnings.append(warning)
     assert "rolled back" in warnings[-1] and all("skipped" in w for w in warnings[:-1])
-    assert float(s.avatar.log_beta) == good_beta and s.step == step0
+    assert float(s.avatar.log_beta.detach()) == good_beta and s.step == step0
     assert driver.base_lrs == [lr * 0.5 for lr in opt.base_lrs(s.cfg)]
     values, warning = driver.step(0.5, 64, 8)
     assert values is not None and warning is None and np.isfinite(values["total"]) and s.step == step0 + 1
