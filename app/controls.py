@@ -30,8 +30,9 @@ from PySide6.QtWidgets import (
 
 from engine.errors import UserError
 from engine.preprocess.job import PreprocessConfig
-from engine.refine.config import Device, PriorMode, RefineConfig, choices, field_docs, load_preset
+from engine.refine.config import PriorMode, RefineConfig, load_preset
 from engine.refine.prior_file import PRIOR_FILE, SHIPPED_PRIOR
+from engine.settings import Device, choices, field_docs
 
 # Display names of some choices; every choice offered comes from its declaration (engine/refine/config.py).
 PRIOR_MODE_LABELS = {"refine": "Refine everything", "inference": "Inference (shape fixed)"}
@@ -54,7 +55,7 @@ class ControlPanel(QWidget):
     def __init__(self, settings, parent=None) -> None:
         super().__init__(parent)
         self.settings = settings
-        self.docs = field_docs()
+        self.docs = field_docs(RefineConfig)
         lay = QVBoxLayout(self)
 
         # ---- project ---------------------------------------------------------------------------

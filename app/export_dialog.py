@@ -22,8 +22,8 @@ from PySide6.QtWidgets import (
 )
 
 from engine.mesh import MeshFormat
-from engine.refine.config import choices, field_docs
 from engine.refine.export import ExportConfig
+from engine.settings import choices, field_docs
 
 WHAT = ("canonical", "current frame", "whole sequence")
 

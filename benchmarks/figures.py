@@ -14,8 +14,8 @@ import numpy as np
 from engine.body import create_body_model
 from engine.evaluation import EvalConfig
 from engine.geometry.camera import Camera, look_at
-from engine.project import Project
 from engine.io.atomic import write_image
+from engine.project import Project
 from engine.render.raycast import render_mesh
 from engine.synth.ground_truth import GroundTruth
 
@@ -46,7 +46,6 @@ def scene_figure(scene: Path, out: Path, picks: int = 4) -> None:
 def avatar_figure(project: Path, out: Path, frame: int | None = None) -> None:
     """Held-out frame: input | avatar render | avatar normals, then the true clothed mesh and the
     avatar's mesh posed into that frame, rendered with the same camera."""
-    from engine.refine.export import posed_mesh
     from engine.refine.session import open_session
 
     s = open_session(project)
@@ -58,7 +57,7 @@ def avatar_figure(project: Path, out: Path, frame: int | None = None) -> None:
     white = np.ones((cam.height, cam.width, 3), np.float32)
     truth = render_mesh(gt.posed_vertices(i), gt.faces, np.full((len(gt.canonical_vertices), 3), 0.8),
                         cam, white).rgb
-    mesh = posed_mesh(s, s.canonical_mesh(256), i)
+    mesh = s.posed_mesh(s.canonical_mesh(256), i)
     ours = render_mesh(mesh.vertices, mesh.faces, np.full((len(mesh.vertices), 3), 0.8), cam, white).rgb
     normals = np.where(r["opacity"][..., None] > 0.5, 0.5 + 0.5 * r["normals"], 1.0)
     write_image(out, np.concatenate([s.project.frame(i), r["rgb"], normals, truth, ours], 1))

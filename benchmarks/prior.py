@@ -29,10 +29,10 @@ from benchmarks.common import STANDARD_SCENE, machine
 from benchmarks.refine import _copy_project, _score
 from engine.evaluation import EvalConfig, evaluate_job
 from engine.jobs import Losses, run_job
-from engine.refine.prior_file import SHIPPED_PRIOR
 from engine.project import Project
 from engine.refine.config import load_preset
 from engine.refine.loop import FitBudget, fit_job
+from engine.refine.prior_file import SHIPPED_PRIOR
 from engine.synth.scene import SynthConfig, synth_job
 
 log = logging.getLogger("benchmarks.prior")

@@ -311,14 +311,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _doc(cls: type, name: str) -> str:
     """A config field's doc as argparse help (which formats % itself)."""
-    from engine.refine.config import field_docs
+    from engine.settings import field_docs
 
     doc = field_docs(cls)[name].rstrip(".").replace("%", "%%")
     return doc[0].lower() + doc[1:] if doc[1:2].islower() else doc  # help reads as a phrase, like the others
 
 
 def _add_encoder_args(p: argparse.ArgumentParser) -> None:
-    from engine.refine.config import RefineConfig, choices
+    from engine.refine.config import RefineConfig
+    from engine.settings import choices
 
     p.add_argument("--geometry-encoder", action="store_true", default=None,
                    help="seed thesis option: a small U-Net's pixel-aligned features displace canonical points")
@@ -328,7 +329,7 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_device_arg(p: argparse.ArgumentParser) -> None:
-    from engine.refine.config import Device, choices
+    from engine.settings import Device, choices
 
     p.add_argument("--device", choices=choices(Device), default="cpu", help="compute device (default cpu)")
 
@@ -360,7 +361,7 @@ def _synth_args(s: argparse.ArgumentParser) -> None:
 
 def _preprocess_args(pp: argparse.ArgumentParser) -> None:
     from engine.preprocess.job import PreprocessConfig
-    from engine.refine.config import choices
+    from engine.settings import choices
 
     pp.add_argument("video", metavar="VIDEO", help="video file (mp4, mov, avi, mkv, webm, ...) or a folder of images")
     pp.add_argument("target", metavar="PROJECT_DIR", help="project folder to create (must not exist unless --overwrite)")
@@ -383,7 +384,7 @@ def _preprocess_args(pp: argparse.ArgumentParser) -> None:
 
 def _eval_args(e: argparse.ArgumentParser) -> None:
     from engine.evaluation import EvalConfig
-    from engine.refine.config import choices
+    from engine.settings import choices
 
     _add_project_arg(e)
     e.add_argument("--json", metavar="OUT.json", help="write the full report here")
@@ -393,7 +394,8 @@ def _eval_args(e: argparse.ArgumentParser) -> None:
 
 
 def _fit_args(f: argparse.ArgumentParser) -> None:
-    from engine.refine.config import PriorMode, RefineConfig, choices
+    from engine.refine.config import PriorMode, RefineConfig
+    from engine.settings import choices
 
     _add_project_arg(f)
     f.add_argument("--preset", choices=choices(RefineConfig, "preset"), default="fast",
@@ -421,7 +423,7 @@ def _fit_args(f: argparse.ArgumentParser) -> None:
 
 def _prior_train_args(t: argparse.ArgumentParser) -> None:
     from engine.prior.train import PriorConfig
-    from engine.refine.config import choices
+    from engine.settings import choices
 
     _add_project_arg(t, nargs="+", help="preprocessed or synthetic projects (a folder made by `synth`: its project/)")
     t.add_argument("--out", required=True, metavar="PRIOR_DIR", help="where the prior and its training state go")
@@ -451,8 +453,8 @@ def _prior_synth_args(sy: argparse.ArgumentParser) -> None:
 
 def _export_args(x: argparse.ArgumentParser) -> None:
     from engine.mesh import MeshFormat
-    from engine.refine.config import choices
     from engine.refine.export import ExportConfig
+    from engine.settings import choices
 
     _add_project_arg(x)
     x.add_argument("out", metavar="|".join(f"OUT.{f}" for f in choices(MeshFormat)), nargs="?", help="output file")

@@ -21,12 +21,14 @@ import torch
 from scipy.spatial import cKDTree
 
 from engine.body import BodyConfig, create_body_model
+from engine.errors import UserError
 from engine.jobs.events import CancelToken, Done, Event, Progress
 from engine.metrics import iou, m_psnr, m_ssim, mesh_metrics, mpvpe_cm, psnr, ssim
 from engine.project import Project
 from engine.refine.checkpoint import checkpoint_path
 from engine.refine.session import Session, median_background, open_session
 from engine.render.raycast import render_mesh
+from engine.settings import check_choices
 from engine.synth.ground_truth import GroundTruth
 
 log = logging.getLogger(__name__)
@@ -52,11 +54,18 @@ class EvalConfig:
     test_time_pose_steps: int = 40
     """Held-out frames: steps of pose-only fitting to the frame (avatar frozen) before scoring; 0 disables."""
 
+    def validate(self) -> None:
+        """Raises UserError naming the first bad value."""
+        check_choices(self)
+        if self.test_time_pose_steps < 0:
+            raise UserError(f"test-time pose steps must be 0 or more (got {self.test_time_pose_steps}).")
+
 
 def evaluate_job(project_dir: str | Path, config: EvalConfig = EvalConfig(),
                  cancel: CancelToken | None = None) -> Iterator[Event]:
     """Yields progress; `Done.result` is the metrics report (a JSON-ready dict)."""
     cancel = cancel or CancelToken()
+    config.validate()
     t0 = time.perf_counter()
     project = Project.open(project_dir)
     gt = GroundTruth.load(project.ground_truth_dir) if project.ground_truth_dir else None

@@ -32,8 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 # Lowest first. Each entry is one layer: the units in it may import themselves and every lower layer.
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),  # engine/errors.py: UserError, the message meant for the user
-    ("io", "jobs"),  # engine/io: atomic writes, torch files, writing video;
-    #                  engine/jobs: job events, cancel token, pacing (TimeShare)
+    ("io", "jobs", "settings"),  # engine/io: atomic writes, torch files, writing video;
+    #                  engine/jobs: job events, cancel token, pacing (TimeShare);
+    #                  engine/settings.py: choices (Literal) and field docs of config dataclasses
     ("geometry",),  # cameras, pixel rays, rotations, linear blend skinning: pure tensor maths
     ("body",),  # body models (Anny, SMPL/SMPL-X) behind one interface
     ("project",),  # the project folder: the one format every stage reads and writes

@@ -23,12 +23,11 @@ import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 import torch
 
-from engine.body import BodyConfig, create_body_model
+from engine.body import BodyConfig, BodyModelName, create_body_model
 from engine.errors import UserError
 from engine.io import atomic
 from engine.io.video import Mp4Writer
@@ -37,6 +36,7 @@ from engine.preprocess.bodyfit import BodyFitConfig, BodyFitResult, fit_body_job
 from engine.preprocess.person import PersonConfig, PersonTrack, describe_frames, detect_person
 from engine.preprocess.video import DecodeConfig, FrameReader
 from engine.project import Project, check_output_dir
+from engine.settings import Device, check_choices
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,11 @@ class PreprocessConfig:
     """A chosen frame may give way to a sharper one up to this many frames away (0: off)."""
     focal: float | None = None
     """Focal length in pixels of the full-resolution video (None: max(H, W), as Vid2Avatar assumes)."""
-    body: Literal["anny", "smpl", "smplx"] = "anny"
+    body: BodyModelName = "anny"
     """Body model: anny (built in), smpl or smplx (need body_model_dir)."""
     body_model_dir: str | None = None
     """Folder with the SMPL / SMPL-X model files."""
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Device = "cpu"
     """Torch device of the body fit: cpu or cuda."""
     overwrite: bool = False
     """Replace an existing project at the target (only once the new one is complete)."""
@@ -99,10 +99,7 @@ class PreprocessConfig:
     def validate(self) -> None:
         """Raises UserError naming the first bad value."""
         self.decode_config().validate()
-        for name, typ in get_type_hints(PreprocessConfig).items():  # the choices are declared on the fields
-            allowed = get_args(typ) if get_origin(typ) is Literal else ()
-            if allowed and getattr(self, name) not in allowed:
-                raise UserError(f"--{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r}).")
+        check_choices(self)
         if self.focal is not None and not (math.isfinite(self.focal) and self.focal > 0):
             raise UserError(f"--focal must be a positive number of pixels (got {self.focal}).")
         if not 1 <= self.sheet_frames <= 64:

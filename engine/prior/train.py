@@ -32,10 +32,11 @@ from engine.io import atomic, torchfile
 from engine.jobs.events import CancelToken, Done, Event, Log, Progress
 from engine.prior import distributed
 from engine.project import Project
-from engine.refine.config import MorphLoss, Preset, PriorShares, check_choices, load_preset
+from engine.refine.config import MorphLoss, Preset, PriorShares, load_preset
 from engine.refine.prior_file import is_shared, save_prior, shared_parameters, tie_shared
 from engine.refine.session import Session, open_session
 from engine.refine.steps import Optimizers, StepDriver, TrainData, adam, random_streams
+from engine.settings import check_choices
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from engine.errors import UserError
 from engine.jobs.events import CancelToken, Done, Event, Progress
-from engine.mesh import Mesh, UpAxis, decimate, write_mesh, write_sequence
-from engine.refine.config import check_choices
+from engine.mesh import FORMATS, Mesh, UpAxis, decimate, write_mesh, write_sequence
 from engine.refine.session import Session, open_session
+from engine.settings import check_choices, one_of
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,8 @@ def export_job(project_dir: str | Path, out: str | Path, cfg: ExportConfig = Exp
     """Writes `out` (.obj/.ply), or with `sequence` one `fmt` file per frame into the folder `out`."""
     cancel = cancel or CancelToken()
     out = Path(out)
-    if not sequence and out.suffix.lower() not in (".obj", ".ply"):
-        raise UserError(f"unsupported mesh format {out.suffix or '(none)'!r}: use .obj or .ply.")
+    if not sequence and out.suffix.lower().lstrip(".") not in FORMATS:
+        raise UserError(f"unsupported mesh format {out.suffix or '(none)'!r}: use {one_of(tuple('.' + f for f in FORMATS))}.")
     session = open_session(project_dir, None, device, body_model_dir, require_checkpoint=True)
     n = session.project.num_frames
     cfg.validate(n)
@@ -61,8 +61,8 @@ def export_job(project_dir: str | Path, out: str | Path, cfg: ExportConfig = Exp
                 cancel.check()
                 yield session.posed_mesh(mesh, i)
 
-        if fmt not in ("obj", "ply"):
-            raise UserError(f"--format must be obj or ply (got {fmt!r}).")
+        if fmt not in FORMATS:
+            raise UserError(f"--format must be {one_of(FORMATS)} (got {fmt!r}).")
         paths = write_sequence(out, frames(), fmt=fmt, up=cfg.up, overwrite=overwrite)
         yield Done({"files": [str(p) for p in paths], "faces": mesh.num_faces})
         return

@@ -17,6 +17,7 @@ from engine.jobs.events import CancelToken, Done, Event, Log, Losses, MeshReady,
 from engine.jobs.pacing import TimeShare
 from engine.refine.checkpoint import checkpoint_path, save_checkpoint
 from engine.refine.config import RefineConfig
+from engine.refine.history import RunHistory
 from engine.refine.session import Session, open_session
 from engine.refine.steps import Optimizers, StepDriver, TrainData, body_points, incremental, random_streams
 
@@ -100,6 +101,9 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
     driver = StepDriver(session, opt, data, opt.base_lrs(cfg), gen, rng)
     preview_gate, mesh_gate = TimeShare(budget.preview_share), TimeShare(budget.preview_share)
     elapsed0 = float(session.checkpoint.get("elapsed", 0.0)) if session.checkpoint else 0.0
+    # The curves of the run so far, drawn again when the project is reopened; saved with each checkpoint.
+    history = RunHistory.load(session.project.root)
+    history.truncate(session.step)
     total = budget.iters or 0
     yield Progress("refine", session.step, total)
 
@@ -120,6 +124,7 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
 
     def checkpoint() -> None:
         save_checkpoint(checkpoint_path(session.project.root), _state(session, opt, elapsed0 + time.perf_counter() - t0))
+        history.save(session.project.root)
 
     try:
         while not done():
@@ -134,6 +139,7 @@ def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget:
             if values is None:
                 continue
             yield Losses(session.step, values, rays_per_s=n_rays / max(dt, 1e-9))
+            history.add_losses(session.step, values, n_rays / max(dt, 1e-9))
             yield Progress("refine", session.step, total)
             if session.step % budget.checkpoint_every == 0:
                 checkpoint()

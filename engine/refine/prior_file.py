@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from engine.errors import UserError
-from engine.io import torchfile
-from engine.io import atomic
-from engine.refine.config import RefineConfig
+from engine.io import atomic, torchfile
+from engine.refine.config import PriorMode, RefineConfig
+from engine.settings import choices, one_of
 
 FORMAT = "avatar-prior"
 VERSION = 2  # 2: what is shared is a setting (prior_shares); version 1 always shared the colour field
@@ -94,8 +94,8 @@ class Prior:
         """The configuration of a fit that starts from this prior: the prior's field settings, all hash
         levels from the start (coarse-to-fine would hide the prior's detail); `inference` keeps the shared
         fields fixed."""
-        if mode not in ("refine", "inference"):
-            raise UserError(f"--mode must be refine or inference (got {mode!r}).")
+        if mode not in choices(PriorMode):
+            raise UserError(f"--mode must be {one_of(choices(PriorMode))} (got {mode!r}).")
         arch = {k: getattr(self.config, k) for k in ARCHITECTURE}
         return replace(cfg, **arch, coarse_to_fine=0.0, freeze_shared=(mode == "inference"))
 

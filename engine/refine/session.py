@@ -24,6 +24,7 @@ from engine.refine.losses import composite, image_losses
 from engine.refine.prior_file import load_prior
 from engine.refine.raymarch import render_rays
 from engine.refine.render import TRAIN_MARGIN_PX, person_box, render_frame, world_normals
+from engine.settings import Device, choices, one_of
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,8 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA device is available to this PyTorch build; use --device cpu.")
         return torch.device("cuda")
-    if name != "cpu":
-        raise UserError(f"--device must be cpu or cuda (got {name!r}).")
+    if name not in choices(Device):
+        raise UserError(f"--device must be {one_of(choices(Device))} (got {name!r}).")
     return torch.device("cpu")
 
 

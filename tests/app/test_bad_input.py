@@ -10,7 +10,8 @@ from PySide6.QtGui import QDropEvent
 
 from app.settings import Settings
 from app.window import MainWindow
-from engine.refine.config import RefineConfig, field_docs, load_preset
+from engine.refine.config import RefineConfig, load_preset
+from engine.settings import field_docs
 from tests.app.conftest import wait_until
 
 
@@ -57,8 +58,8 @@ def test_settings_tooltips_and_recent_projects_persist(qapp, tiny_project, tmp_p
     path = str(tmp_path / "settings.ini")
     w = MainWindow(Settings(QSettings(path, QSettings.Format.IniFormat)), user_dir=tmp_path / "user")
     c = w.controls
-    assert c.fields["rays"].toolTip() == field_docs()["rays"]
-    assert c.preset.toolTip() == field_docs()["preset"]
+    assert c.fields["rays"].toolTip() == field_docs(RefineConfig)["rays"]
+    assert c.preset.toolTip() == field_docs(RefineConfig)["preset"]
     assert not c.advanced.isVisible() or not c.adv_toggle.isChecked()  # advanced settings start collapsed
     c.preset.setCurrentText("vid2avatar")
     c.fields["rays"].setValue(777)

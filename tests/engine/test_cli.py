@@ -118,8 +118,9 @@ def test_option_choices_come_from_the_declarations():
     from engine.mesh import FORMATS
     from engine.preprocess.job import PreprocessConfig
     from engine.prior.train import PriorConfig
-    from engine.refine.config import Device, PriorMode, RefineConfig, choices, load_preset
+    from engine.refine.config import PriorMode, RefineConfig, load_preset
     from engine.refine.export import ExportConfig
+    from engine.settings import Device, choices
     from engine.synth.garments import GARMENTS
     from engine.synth.motion import MOTIONS
 
@@ -149,7 +150,7 @@ def test_option_choices_come_from_the_declarations():
     # validate() checks the same declaration.
     with pytest.raises(UserError, match="incremental must be none, linear or squared"):
         load_preset("fast", incremental="cubic")
-    with pytest.raises(UserError, match="--body"):
+    with pytest.raises(UserError, match="body must be anny, smpl or smplx"):
         PreprocessConfig(body="mannequin").validate()
 
 

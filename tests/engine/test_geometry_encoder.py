@@ -9,9 +9,9 @@ import torch
 
 from engine.fields.geometry_encoder import GeometryEncoder
 from engine.jobs import Losses
-from engine.refine.prior_file import is_shared
 from engine.refine.config import load_preset
 from engine.refine.loop import FitBudget, fit_job
+from engine.refine.prior_file import is_shared
 from engine.refine.session import open_session
 
 

@@ -19,12 +19,12 @@ import torch
 
 from engine.errors import UserError
 from engine.jobs import run_job
-from engine.refine.prior_file import PRIOR_FILE, load_prior, save_prior
 from engine.prior.train import PriorConfig, check_projects, prior_train_job
 from engine.project import Project
 from engine.refine.checkpoint import checkpoint_path
 from engine.refine.config import load_preset
 from engine.refine.loop import FitBudget, fit_job
+from engine.refine.prior_file import PRIOR_FILE, load_prior, save_prior
 from engine.refine.session import median_background, open_session
 from engine.synth.scene import SynthConfig, synth_job
 
