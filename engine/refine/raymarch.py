@@ -61,6 +61,17 @@ def _field(avatar: Avatar, deformer: Deformer, fp: FramePose, pts: torch.Tensor,
     return sdf, feat, xc, dist, disp
 
 
+def _search_field(avatar: Avatar, deformer: Deformer, fp: FramePose, pts: torch.Tensor, shell: float):
+    """SDF [P] and body distance [P] of world points for the search pass: the field is only evaluated
+    inside the shell (most of a ray's span is empty space, which is FAR without asking the field)."""
+    xc, dist, _ = canonical_points(avatar, deformer, fp, pts)
+    near = dist < shell
+    sdf = torch.full_like(dist, FAR)
+    if near.any():
+        sdf[near] = avatar.sdf(xc[near])[0]
+    return sdf, dist
+
+
 def render_rays(avatar: Avatar, deformer: Deformer, fp: FramePose, origins: torch.Tensor, dirs: torch.Tensor,
                 coarse: int, fine: int, sampler: str, shell: float, generator: torch.Generator | None = None,
                 need_rgb: bool = True) -> RaysOut:
@@ -87,7 +98,7 @@ def render_rays(avatar: Avatar, deformer: Deformer, fp: FramePose, origins: torc
     t_c = n0[:, None] + (f0 - n0)[:, None] * u  # [r, C]
     with torch.no_grad():
         pts = o[:, None] + d[:, None] * t_c[..., None]
-        sdf_c, _, _, dist_c, _ = _field(avatar, deformer, fp, pts.reshape(-1, 3), shell)
+        sdf_c, dist_c = _search_field(avatar, deformer, fp, pts.reshape(-1, 3), shell)
         sdf_c = sdf_c.view(r, coarse)
         body_dist[ids] = dist_c.view(r, coarse).amin(1)
 
