@@ -1,7 +1,7 @@
 """Headless command line: `python main.py <command> ...` (same engine calls as the GUI).
 
 Options with a fixed set of values take it from the engine's declaration (a `Literal` field or alias, read
-with `engine.refine.config.choices`), so the CLI, the app and `validate()` cannot disagree. A command's
+with `engine.settings.choices`), so the CLI, the app and `validate()` cannot disagree. A command's
 options are built only for the command being run: some declarations live in modules that load torch.
 """
 
