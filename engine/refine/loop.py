@@ -60,7 +60,7 @@ def _progress(session: Session, budget: FitBudget, t0: float) -> float:
     return float(min(1.0, max(fr))) if fr else 0.0
 
 
-def _state(session: Session, opt: torch.optim.Optimizer, elapsed: float) -> dict:
+def _state(session: Session, opt: Optimizers, elapsed: float) -> dict:
     return {
         "step": session.step,
         "config": session.cfg.to_dict(),
@@ -75,7 +75,8 @@ def _state(session: Session, opt: torch.optim.Optimizer, elapsed: float) -> dict
 def fit_job(project_dir: str | Path, config: RefineConfig | None = None, budget: FitBudget = FitBudget(iters=1000),
             device: str = "cpu", body_model_dir: str | None = None, cancel: CancelToken | None = None,
             prior: str | Path | None = None, prior_mode: str = "refine") -> Iterator[Event]:
-    """Optimises (or resumes) the avatar of a project; the checkpoint is the only thing it writes.
+    """Optimises (or resumes) the avatar of a project; it writes only the checkpoint, the run's history and the
+    resolved config.
     A new fit can start from a prior (`engine.prior`): `prior_mode` refine trains everything from there,
     inference keeps the prior's shared fields fixed and fits only the per-video parts."""
     cancel = cancel or CancelToken()
