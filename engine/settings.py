@@ -47,13 +47,13 @@ def literal_args(typ) -> tuple[str, ...]:
 
 
 def check_choices(config) -> None:
-    """Raises UserError naming the first `Literal` field of a config dataclass whose value is not allowed
-    (None passes where the field is `Literal[...] | None`)."""
+    """Raises UserError naming the first `Literal` field of a config dataclass whose value is not allowed, as
+    its command-line option (`--field-name`); None passes where the field is `Literal[...] | None`."""
     hints = typing.get_type_hints(type(config))
     for f in fields(config):
         allowed, value = literal_args(hints[f.name]), getattr(config, f.name)
         if allowed and value not in allowed and not (value is None and type(None) in typing.get_args(hints[f.name])):
-            raise UserError(f"{f.name} must be {one_of(allowed)} (got {value!r}).")
+            raise UserError(f"--{f.name.replace('_', '-')} must be {one_of(allowed)} (got {value!r}).")
 
 
 def one_of(allowed: tuple[str, ...]) -> str:

@@ -148,9 +148,9 @@ def test_option_choices_come_from_the_declarations():
     assert choices(RefineConfig, "preset") == choices(PriorConfig, "preset")
     assert choices(RefineConfig, "rays") == ()  # not a fixed set
     # validate() checks the same declaration.
-    with pytest.raises(UserError, match="incremental must be none, linear or squared"):
+    with pytest.raises(UserError, match="--incremental must be none, linear or squared"):
         load_preset("fast", incremental="cubic")
-    with pytest.raises(UserError, match="body must be anny, smpl or smplx"):
+    with pytest.raises(UserError, match="--body must be anny, smpl or smplx"):
         PreprocessConfig(body="mannequin").validate()
 
 
