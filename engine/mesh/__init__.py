@@ -9,6 +9,8 @@ from engine.mesh.extract import (
     extract_mesh,
     keep_largest_component,
     pose_mesh,
+    pose_vertices,
+    skinning_weights,
     vertex_normals,
     with_normals,
 )
@@ -26,6 +28,8 @@ __all__ = [
     "extract_mesh",
     "keep_largest_component",
     "pose_mesh",
+    "pose_vertices",
+    "skinning_weights",
     "vertex_normals",
     "with_normals",
     "write_mesh",

@@ -292,18 +292,47 @@ def decimate(mesh: Mesh, target_faces: int) -> Mesh:
     return out
 
 
+def skinning_weights(vertices: np.ndarray, body: BodyModel, canonical_body_vertices, chunk: int = 65536
+                     ) -> torch.Tensor:
+    """Skinning weights [V, J] of canonical points [V, 3]: those of the nearest canonical body vertex
+    (Vid2Avatar's deformer). They do not depend on the frame: compute once, pose many times."""
+    device = body.skin_weights.device
+    body_verts = torch.as_tensor(canonical_body_vertices, dtype=torch.float32).to(device)
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(vertices), chunk):
+            pts = torch.as_tensor(np.asarray(vertices[s : s + chunk], np.float32), device=device)
+            out.append(body.nearest_vertex_weights(pts, body_verts)[0])
+    return torch.cat(out) if out else body.skin_weights[:0]
+
+
+def pose_vertices(vertices: np.ndarray, weights: torch.Tensor, body: BodyModel, shape: torch.Tensor,
+                  frame_tf: torch.Tensor, chunk: int = 65536) -> np.ndarray:
+    """Canonical points [V, 3] with their `skinning_weights` → world points [V, 3] of one frame
+    (frame_tf [J, 4, 4] rest → world)."""
+    device = body.skin_weights.device
+    shape, frame_tf = shape.to(device), frame_tf.to(device)
+    out = np.empty((len(vertices), 3), np.float32)
+    with torch.no_grad():
+        for s in range(0, len(vertices), chunk):
+            pts = torch.as_tensor(np.asarray(vertices[s : s + chunk], np.float32), device=device)
+            out[s : s + chunk] = body.canonical_to_posed(pts, weights[s : s + chunk], shape, frame_tf).float().cpu().numpy()
+    return out
+
+
 def pose_mesh(
     mesh: Mesh,
     body: BodyModel,
     shape: torch.Tensor,
     frame_tf: torch.Tensor,
     canonical_body_vertices,
-    chunk: int = 65536,
+    weights: torch.Tensor | None = None,
 ) -> Mesh:
     """Forward-skins a canonical (star-pose) mesh into one frame.
 
-    Each vertex takes the skinning weights of its nearest canonical body vertex (Vid2Avatar's
-    deformer), then moves from the canonical pose to the frame's pose.
+    Each vertex takes the skinning weights of its nearest canonical body vertex (`skinning_weights`;
+    pass them in when posing the same mesh into many frames), then moves from the canonical pose to
+    the frame's pose.
 
     Args:
         mesh: canonical mesh.
@@ -311,20 +340,12 @@ def pose_mesh(
         shape: [S] shape coefficients.
         frame_tf: [J, 4, 4] rest → world bone transforms of the frame (`body.bone_transforms(p)[i]`).
         canonical_body_vertices: [Vb, 3] body vertices in the canonical pose (tensor or array).
-        chunk: vertices per batch (bounds the [P, 4, 4] blended transforms in memory).
+        weights: [V, J] the mesh's skinning weights, when already computed.
 
     Returns:
         The posed mesh (same faces and colours, normals recomputed).
     """
-    # Work where the body model lives (its skinning weights are indexed by the nearest vertex).
-    device = body.skin_weights.device
-    body_verts = torch.as_tensor(canonical_body_vertices, dtype=torch.float32).to(device)
-    shape, frame_tf = shape.to(device), frame_tf.to(device)
-    out = np.empty_like(mesh.vertices)
-    with torch.no_grad():
-        for s in range(0, mesh.num_vertices, chunk):
-            pts = torch.as_tensor(mesh.vertices[s : s + chunk], device=device)
-            w, _ = body.nearest_vertex_weights(pts, body_verts)
-            posed = body.canonical_to_posed(pts, w, shape, frame_tf)
-            out[s : s + chunk] = posed.float().cpu().numpy()
+    if weights is None:
+        weights = skinning_weights(mesh.vertices, body, canonical_body_vertices)
+    out = pose_vertices(mesh.vertices, weights, body, shape, frame_tf)
     return with_normals(Mesh(out, mesh.faces, mesh.colors))

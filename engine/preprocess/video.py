@@ -365,7 +365,9 @@ class FrameReader:
         window: the sharpness window actually used (frames each side).
     """
 
-    def __init__(self, path: str | Path, config: DecodeConfig | None = None) -> None:
+    def __init__(self, path: str | Path, config: DecodeConfig | None = None, indices: list[int] | None = None) -> None:
+        """`indices`: read exactly these source frame numbers (sorted; no sharper neighbour stands in)
+        instead of the ones `config` spreads over its range."""
         self.config = config = config or DecodeConfig()
         config.validate()
         self.info = info = probe(path, config.image_fps)
@@ -389,9 +391,14 @@ class FrameReader:
             idx = np.array([(first + stop - 1) // 2])
         else:
             idx = np.unique(np.round(np.linspace(first, stop - 1, config.max_frames)).astype(np.int64))
+        if indices is not None:
+            idx = np.unique(np.asarray(indices, np.int64))
+            if len(idx) == 0 or idx[0] < 0 or idx[-1] >= n_total:
+                raise UserError(f"{info.path.name} has no frame numbers {int(idx.min(initial=0))}–"
+                                f"{int(idx.max(initial=0))} (it has {n_total} frames).")
         self.indices: list[int] = [int(i) for i in idx]
         min_step = int(np.diff(idx).min()) if len(idx) > 1 else 10**9
-        self.window = min(config.sharpness_window, (min_step - 1) // 2)
+        self.window = 0 if indices is not None else min(config.sharpness_window, (min_step - 1) // 2)
         log.info("%s: %dx%d %.2f fps %.2f s (rotation %d) → %d frames at %dx%d", info.path.name, info.width,
                  info.height, fps, info.duration, info.rotation, len(self.indices), *self.size)
 

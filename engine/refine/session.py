@@ -14,7 +14,7 @@ from engine.body import BodyConfig, BodyModel, BodyParams, create_body_model
 from engine.errors import UserError
 from engine.fields.body_sdf import BodySDFGrid
 from engine.geometry.camera import Camera, pixel_rays
-from engine.mesh import Mesh, color_mesh, extract_mesh, pose_mesh
+from engine.mesh import Mesh, color_mesh, extract_mesh, pose_mesh, skinning_weights
 from engine.project import Project
 from engine.refine.avatar import Avatar
 from engine.refine.checkpoint import checkpoint_path, load_checkpoint
@@ -27,6 +27,13 @@ from engine.refine.render import TRAIN_MARGIN_PX, person_box, render_frame, worl
 from engine.settings import Device, choices, one_of
 
 log = logging.getLogger(__name__)
+
+# Meshes are cut at SDF = this many β, not at 0. VolSDF's density is (1/β)·Laplace-CDF(-sdf/β), so a ray
+# passing at distance s outside a limb of radius r still gathers exp(-s/β)·sqrt(πr/2β) optical depth:
+# the render's silhouette (opacity 0.5), which training fits to the person mask, lies about 1.5–2.5 β
+# outside the zero level set. Cut at 0, the mesh is thinner than the avatar that was rendered (and than
+# the person); the factor is the measured best match (README, "Meshes agree with the render").
+SURFACE_LEVEL_BETAS = 1.5
 
 
 def resolve_device(name: str) -> torch.device:
@@ -187,17 +194,23 @@ class Session:
         return world_normals(self.avatar, self.deformer, fp, x, h)
 
     # ---- meshes -----------------------------------------------------------------------------
+    def surface_level(self) -> float:
+        """The SDF level whose surface is the one the volume render shows (`SURFACE_LEVEL_BETAS`)."""
+        return SURFACE_LEVEL_BETAS * float(self.avatar.beta.detach())
+
     @torch.no_grad()
     def canonical_mesh(self, resolution: int = 256) -> Mesh:
-        """Marching cubes of the canonical SDF (largest component), coloured by the colour field."""
+        """Marching cubes of the canonical SDF at `surface_level` (largest component), coloured by the
+        colour field."""
         grid = self.avatar.sdf.body
         dev = self.device
+        level = self.surface_level()
 
         def sdf_fn(p: np.ndarray) -> np.ndarray:
-            return self.avatar.sdf(torch.as_tensor(p, device=dev))[0].cpu().numpy()
+            return self.avatar.sdf(torch.as_tensor(p, device=dev))[0].cpu().numpy() - level
 
         def band_fn(p: np.ndarray) -> np.ndarray:
-            return grid(torch.as_tensor(p, device=dev)).cpu().numpy()
+            return grid(torch.as_tensor(p, device=dev)).cpu().numpy() - level
 
         def color_fn(p: np.ndarray) -> np.ndarray:
             x = torch.as_tensor(p, dtype=torch.float32, device=dev)
@@ -209,11 +222,16 @@ class Session:
         return color_mesh(mesh, color_fn)
 
     @torch.no_grad()
-    def posed_mesh(self, canonical: Mesh, i: int) -> Mesh:
-        """A canonical mesh of this avatar posed into frame i with its refined body."""
+    def posed_mesh(self, canonical: Mesh, i: int, weights: torch.Tensor | None = None) -> Mesh:
+        """A canonical mesh of this avatar posed into frame i with its refined body (`weights`: the mesh's
+        `skinning_weights`, when posing it into many frames)."""
         fp = self.frame_pose(i)
         return pose_mesh(canonical, self.body, self.params.shape, fp.transforms.detach().cpu(),
-                         self.deformer.canonical_vertices)
+                         self.deformer.canonical_vertices, weights)
+
+    def mesh_weights(self, canonical: Mesh) -> torch.Tensor:
+        """The skinning weights `posed_mesh` gives a canonical mesh's vertices."""
+        return skinning_weights(canonical.vertices, self.body, self.deformer.canonical_vertices)
 
 
 def open_session(project_dir: str | Path, cfg: RefineConfig | None = None, device: str = "cpu",
