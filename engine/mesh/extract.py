@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from engine.body.base import BodyModel
+from engine.geometry.lbs import warp
 
 log = logging.getLogger(__name__)
 
@@ -292,18 +293,14 @@ def decimate(mesh: Mesh, target_faces: int) -> Mesh:
     return out
 
 
-def skinning_weights(vertices: np.ndarray, body: BodyModel, canonical_body_vertices, chunk: int = 65536
-                     ) -> torch.Tensor:
+def skinning_weights(vertices: np.ndarray, body: BodyModel, canonical_body_vertices) -> torch.Tensor:
     """Skinning weights [V, J] of canonical points [V, 3]: those of the nearest canonical body vertex
     (Vid2Avatar's deformer). They do not depend on the frame: compute once, pose many times."""
-    device = body.skin_weights.device
-    body_verts = torch.as_tensor(canonical_body_vertices, dtype=torch.float32).to(device)
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(vertices), chunk):
-            pts = torch.as_tensor(np.asarray(vertices[s : s + chunk], np.float32), device=device)
-            out.append(body.nearest_vertex_weights(pts, body_verts)[0])
-    return torch.cat(out) if out else body.skin_weights[:0]
+    from scipy.spatial import cKDTree
+
+    body_verts = np.asarray(torch.as_tensor(canonical_body_vertices).detach().cpu(), np.float64)
+    _, idx = cKDTree(body_verts).query(np.asarray(vertices, np.float64), k=1, workers=-1)
+    return body.skin_weights[torch.as_tensor(idx, device=body.skin_weights.device)]
 
 
 def pose_vertices(vertices: np.ndarray, weights: torch.Tensor, body: BodyModel, shape: torch.Tensor,
@@ -311,12 +308,13 @@ def pose_vertices(vertices: np.ndarray, weights: torch.Tensor, body: BodyModel, 
     """Canonical points [V, 3] with their `skinning_weights` → world points [V, 3] of one frame
     (frame_tf [J, 4, 4] rest → world)."""
     device = body.skin_weights.device
-    shape, frame_tf = shape.to(device), frame_tf.to(device)
+    frame_tf = frame_tf.to(device)
+    star_tf = body.star_transforms(shape.to(device))  # once per call: it runs the body model
     out = np.empty((len(vertices), 3), np.float32)
     with torch.no_grad():
         for s in range(0, len(vertices), chunk):
             pts = torch.as_tensor(np.asarray(vertices[s : s + chunk], np.float32), device=device)
-            out[s : s + chunk] = body.canonical_to_posed(pts, weights[s : s + chunk], shape, frame_tf).float().cpu().numpy()
+            out[s : s + chunk] = warp(pts, weights[s : s + chunk], star_tf, frame_tf).float().cpu().numpy()
     return out
 
 

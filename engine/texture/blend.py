@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 CAUCHY_SCALE = 0.06  # colour difference (of 1) at which a sample's weight halves
-IRLS_ROUNDS = 3
+IRLS_ROUNDS = 2
 
 
 @dataclass
@@ -33,17 +34,16 @@ def robust_blend(samples: list[FrameSamples], num_texels: int, rounds: int = IRL
     """Per-texel robust mean colour [T, 3] and total weight [T] (0: no frame saw the texel)."""
     if not samples:
         return np.zeros((num_texels, 3), np.float32), np.zeros(num_texels, np.float32)
-    idx = np.concatenate([s.texels for s in samples])
-    col = np.concatenate([s.colors for s in samples]).astype(np.float64)
-    w0 = np.concatenate([s.weights * s.frame_weight for s in samples]).astype(np.float64)
+    idx = torch.as_tensor(np.concatenate([s.texels for s in samples]))
+    col = torch.as_tensor(np.concatenate([s.colors for s in samples]), dtype=torch.float32)
+    w0 = torch.as_tensor(np.concatenate([s.weights * s.frame_weight for s in samples]), dtype=torch.float32)
+    support = torch.zeros(num_texels).index_add_(0, idx, w0)
     w = w0
-    mean = np.zeros((num_texels, 3))
     for r in range(rounds + 1):
-        total = np.bincount(idx, w, minlength=num_texels)
-        safe = np.where(total > 0, total, 1.0)
-        mean = np.stack([np.bincount(idx, w * col[:, c], minlength=num_texels) for c in range(3)], 1) / safe[:, None]
+        total = torch.zeros(num_texels).index_add_(0, idx, w)
+        mean = torch.zeros(num_texels, 3).index_add_(0, idx, w[:, None] * col) / total.clamp(min=1e-12)[:, None]
         if r == rounds:
             break
         res2 = ((col - mean[idx]) ** 2).sum(1)
         w = w0 / (1.0 + res2 / scale**2)
-    return mean.astype(np.float32), np.bincount(idx, w0, minlength=num_texels).astype(np.float32)
+    return mean.numpy(), support.numpy()

@@ -16,6 +16,7 @@ from engine.texture.blend import CAUCHY_SCALE, FrameSamples
 
 MAX_SHIFT_PX = 4.0  # working pixels: larger errors are a pose problem, not a registration one
 ITERATIONS = 8
+SOLVE_SAMPLES = 60_000
 BLUR_PX = 1.0  # working pixels
 DAMPING = 0.05  # of the mean curvature: parts with little texture stay where the pose put them
 
@@ -32,18 +33,20 @@ def register_frame(s: FrameSamples, mean: np.ndarray, parts: np.ndarray, working
     scale = float(view.camera.K[0, 0]) / working_focal
     blurred = cv2.GaussianBlur(view.image, (0, 0), BLUR_PX * scale)
     gy, gx = np.gradient(blurred, axis=(0, 1))
-    target = mean[s.texels]
-    lab = parts[s.texels]
     num = int(parts.max()) + 1
     shift = np.zeros((num, 2))
     limit = MAX_SHIFT_PX * scale
-    if len(lab) == 0:
+    if len(s.texels) == 0:
         return shift
+    # The shifts are solved on a regular subsample of the frame's samples (a few per texel row of the
+    # image is plenty for two unknowns per part); all samples are read again at the end.
+    sub = slice(None, None, max(1, len(s.texels) // SOLVE_SAMPLES))
+    target, lab, p, wt = mean[s.texels[sub]], parts[s.texels[sub]], px[sub], s.weights[sub]
     for _ in range(ITERATIONS):
-        uv = _uv(px + shift[lab], h, w)
+        uv = _uv(p + shift[lab], h, w)
         r = sample_texture(blurred, uv) - target  # [n, 3]
         jx, jy = sample_texture(gx, uv), sample_texture(gy, uv)
-        wr = s.weights / (1.0 + (r**2).sum(1) / CAUCHY_SCALE**2)
+        wr = wt / (1.0 + (r**2).sum(1) / CAUCHY_SCALE**2)
         hxx = np.bincount(lab, wr * (jx * jx).sum(1), minlength=num)
         hxy = np.bincount(lab, wr * (jx * jy).sum(1), minlength=num)
         hyy = np.bincount(lab, wr * (jy * jy).sum(1), minlength=num)
@@ -56,6 +59,7 @@ def register_frame(s: FrameSamples, mean: np.ndarray, parts: np.ndarray, working
         shift = np.clip(shift + step, -limit, limit)
         if np.abs(step).max() < 0.01 * scale:
             break
-    s.colors = sample_texture(view.image, _uv(px + shift[lab], h, w))
-    s.extra["px"] = px + shift[lab]
+    moved = px + shift[parts[s.texels]]
+    s.colors = sample_texture(view.image, _uv(moved, h, w))
+    s.extra["px"] = moved
     return shift / scale

@@ -159,7 +159,7 @@ def test_pose_mesh_matches_body_model():
         expected = body.posed_vertices(params).numpy()
     colors = np.random.default_rng(1).uniform(size=(len(canonical), 3)).astype(np.float32)
     mesh = Mesh(canonical.numpy(), body.faces, colors)
-    weights = skinning_weights(mesh.vertices, body, canonical, chunk=5000)  # chunked like a big mesh
+    weights = skinning_weights(mesh.vertices, body, canonical)
     for i in range(3):
         posed = pose_mesh(mesh, body, shape, tfs[i], canonical, weights=weights if i else None)
         assert np.abs(posed.vertices - expected[i]).max() < 1e-3
