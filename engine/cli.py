@@ -195,6 +195,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bake(args: argparse.Namespace) -> int:
+    from engine.texture import BakeConfig, bake_job
+
+    cfg = BakeConfig(size=args.size, resolution=args.resolution, source=args.source, register=not args.no_register)
+    r = drive(bake_job(args.project, cfg, device=args.device, body_model_dir=args.body_model_dir, cancel=args.cancel),
+              args.quiet)
+    log.info("baked a %d² texture from %d frames of the %s in %.1f s: %s", r["size"], len(r["frames"]),
+             "source video" if r["source"] == "video" else "working frames", r["seconds"]["total"], r["texture"])
+    return 0
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     from engine.refine.config import load_preset
     from engine.refine.loop import FitBudget, fit_job
@@ -262,16 +273,17 @@ def _cmd_prior_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from engine.mesh import FORMATS
-    from engine.refine.export import ExportConfig, export_job
+    from engine.export import ExportConfig, export_job
+    from engine.mesh import FORMATS, TEXTURED_FORMATS
 
     if (args.out is None) == (args.sequence is None):
-        raise UserError(f"give either an output file ({', '.join('OUT.' + f for f in FORMATS)}) or --sequence DIR.")
+        kinds = sorted(set(FORMATS) | set(TEXTURED_FORMATS))
+        raise UserError(f"give either an output file ({', '.join('OUT.' + f for f in kinds)}) or --sequence DIR.")
     if args.sequence is not None and (args.frame is not None or args.canonical):
         raise UserError("--sequence writes every frame posed; leave out --frame and --canonical.")
     if args.canonical and args.frame is not None:
         raise UserError("--canonical is the unposed star pose and --frame K the pose of frame K: give one of them.")
-    cfg = ExportConfig(resolution=args.resolution, faces=args.faces, frame=args.frame, up=args.up)
+    cfg = ExportConfig(resolution=args.resolution, faces=args.faces, frame=args.frame, up=args.up, texture=args.texture)
     target = args.sequence if args.sequence else args.out
     result = drive(export_job(args.project, target, cfg, sequence=args.sequence is not None, fmt=args.format,
                               overwrite=args.overwrite, device=args.device, body_model_dir=args.body_model_dir,
@@ -283,8 +295,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from engine.evaluation import EvalConfig, evaluate_job
+    from engine.export import ExportConfig, export_job
     from engine.refine.config import load_preset
-    from engine.refine.export import ExportConfig, export_job
     from engine.refine.loop import FitBudget, fit_job
     from engine.synth.scene import SynthConfig, synth_job
 
@@ -393,6 +405,20 @@ def _eval_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
 
 
+def _bake_args(b: argparse.ArgumentParser) -> None:
+    from engine.mesh.uv import TEXTURE_DEFAULT
+    from engine.settings import choices
+    from engine.texture import BakeConfig
+
+    _add_project_arg(b)
+    b.add_argument("--size", type=int, default=TEXTURE_DEFAULT, help=_doc(BakeConfig, "size") + f"; default {TEXTURE_DEFAULT}")
+    b.add_argument("--resolution", type=_positive_int, default=256, help="marching-cubes resolution (default 256)")
+    b.add_argument("--source", choices=choices(BakeConfig, "source"), default="auto", help=_doc(BakeConfig, "source"))
+    b.add_argument("--no-register", action="store_true", help="blend the frames as posed, without aligning them first")
+    _add_device_arg(b)
+    b.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
+
+
 def _fit_args(f: argparse.ArgumentParser) -> None:
     from engine.refine.config import PriorMode, RefineConfig
     from engine.settings import choices
@@ -452,14 +478,20 @@ def _prior_synth_args(sy: argparse.ArgumentParser) -> None:
 
 
 def _export_args(x: argparse.ArgumentParser) -> None:
-    from engine.mesh import MeshFormat
-    from engine.refine.export import ExportConfig
+    from engine.export import ExportConfig
+    from engine.mesh import FORMATS, TEXTURED_FORMATS
+    from engine.mesh.uv import TEXTURE_DEFAULT, TEXTURE_MAX, TEXTURE_MIN
     from engine.settings import choices
 
+    kinds = sorted(set(FORMATS) | set(TEXTURED_FORMATS))
     _add_project_arg(x)
-    x.add_argument("out", metavar="|".join(f"OUT.{f}" for f in choices(MeshFormat)), nargs="?", help="output file")
+    x.add_argument("out", metavar="|".join(f"OUT.{f}" for f in kinds), nargs="?",
+                   help="output file (.glb is always textured)")
     x.add_argument("--sequence", metavar="DIR", help="write every frame, posed, into DIR instead")
-    x.add_argument("--format", choices=choices(MeshFormat), default="obj", help="file format for --sequence (default obj)")
+    x.add_argument("--format", choices=kinds, default="obj", help="file format for --sequence (default obj)")
+    x.add_argument("--texture", type=int, nargs="?", const=TEXTURE_DEFAULT, metavar="SIZE",
+                   help=f"bake a SIZE×SIZE UV texture from the video ({TEXTURE_MIN}–{TEXTURE_MAX}, default "
+                   f"{TEXTURE_DEFAULT}) and write OBJ + MTL + PNG or .glb; reuses the project's bake when it is current")
     x.add_argument("--frame", type=int, help="pose the mesh into this frame (default: canonical)")
     x.add_argument("--canonical", action="store_true",
                    help="the canonical star pose, unposed: what export writes without --frame (which it excludes)")
@@ -538,12 +570,21 @@ def build_parser(commands: Collection[str | None] | None = None) -> argparse.Arg
     options("prior", _prior_synth_args, sy)
     sy.set_defaults(func=_cmd_prior_synth)
 
-    x = sub.add_parser("export", help="write the fitted avatar as a mesh (OBJ/PLY)",
-                       description="Marching cubes of the canonical SDF (largest component), vertex colours from "
-                       "the colour field, normals; canonical (the default), posed into one frame (--frame), or every "
+    x = sub.add_parser("export", help="write the fitted avatar as a mesh (OBJ/PLY, textured OBJ/glTF)",
+                       description="Marching cubes of the canonical SDF (largest component, at the surface the render "
+                       "shows), vertex colours from the colour field or (--texture, .glb) a UV texture baked from the "
+                       "video's pixels, normals; canonical (the default), posed into one frame (--frame), or every "
                        "frame (--sequence).")
     options("export", _export_args, x)
     x.set_defaults(func=_cmd_export)
+
+    b = sub.add_parser("bake", help="bake a UV texture of the fitted avatar from the video",
+                       description="Chart the fitted avatar's mesh into a UV atlas (xatlas) and fill it from the "
+                       "training frames' pixels, read from the source video at its own resolution when it is still "
+                       "there: visible, frontal, in-mask views weighted, frames aligned, robustly blended. Saved in "
+                       "PROJECT/texture/; `export --texture`, `eval` and the app use it.")
+    options("bake", _bake_args, b)
+    b.set_defaults(func=_cmd_bake)
 
     d = sub.add_parser("demo", help="headless demo: synthesise a scene, fit an avatar, score and export it",
                        description="Generate a small synthetic scene, score the body-only baseline, fit the "

@@ -44,7 +44,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("preprocess",),  # video → project (decode, person, body fit, overlay)
     ("refine",),  # the avatar, its renders, losses, steps, fit/export jobs, checkpoints, prior files
     ("texture",),  # `bake`: UV textures of the fitted avatar from the video's pixels
-    ("evaluation",),  # engine/evaluation.py: `eval`, live held-out scores
+    ("evaluation", "export"),  # engine/evaluation.py: `eval`, live held-out scores; engine/export.py: `export`
     ("prior",),  # `prior train`: the human fields over many videos
     ("cli",),  # engine/cli.py: the headless command line
     ("app", "benchmarks"),  # the desktop app; the benchmarks

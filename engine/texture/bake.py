@@ -254,6 +254,7 @@ def bake_session(session: Session, cfg: BakeConfig, cancel: CancelToken | None =
     report = {
         "step": session.step,
         "size": cfg.size,
+        "resolution": cfg.resolution,
         "source": source,
         "frames": [s.frame for s in samples],
         "frame_weights": {s.frame: round(s.frame_weight, 3) for s in samples},

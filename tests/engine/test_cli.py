@@ -119,7 +119,7 @@ def test_option_choices_come_from_the_declarations():
     from engine.preprocess.job import PreprocessConfig
     from engine.prior.train import PriorConfig
     from engine.refine.config import PriorMode, RefineConfig, load_preset
-    from engine.refine.export import ExportConfig
+    from engine.export import ExportConfig
     from engine.settings import Device, choices
     from engine.synth.garments import GARMENTS
     from engine.synth.motion import MOTIONS

@@ -23,7 +23,7 @@ from engine.jobs import Cancelled, CancelToken, Losses, MeshReady, Preview, run_
 from engine.metrics import m_psnr, psnr
 from engine.refine.checkpoint import checkpoint_path
 from engine.refine.config import load_preset
-from engine.refine.export import ExportConfig, export_job
+from engine.export import ExportConfig, export_job
 from engine.refine.loop import FitBudget, fit_job
 from engine.refine.raymarch import render_rays
 from engine.refine.session import open_session
