@@ -23,6 +23,8 @@ from scipy.spatial import cKDTree
 from engine.body import BodyConfig, create_body_model
 from engine.errors import UserError
 from engine.jobs.events import CancelToken, Done, Event, Progress
+from engine.mesh import Mesh
+from engine.mesh.textured import save_textured
 from engine.metrics import iou, m_psnr, m_ssim, mesh_metrics, mpvpe_cm, psnr, ssim
 from engine.project import Project
 from engine.refine.checkpoint import checkpoint_path
@@ -30,11 +32,15 @@ from engine.refine.session import Session, median_background, open_session
 from engine.render.raycast import render_mesh
 from engine.settings import check_choices
 from engine.synth.ground_truth import GroundTruth
+from engine.texture import BakeConfig, bake_session, load_bake, render_textured, texture_dir
 
 log = logging.getLogger(__name__)
 
 IMAGE_METRICS = ("psnr", "ssim", "m_psnr", "m_ssim", "iou")
-MESH_METRICS = ("chamfer_cm", "normal_consistency", "fscore_1cm", "fscore_2cm")
+MESH_METRICS = ("chamfer_cm", "normal_consistency", "fscore_1cm", "fscore_2cm", "mpvpe_cm")
+# The textured mesh's block also says how its silhouette agrees with the volume render's, and compares both
+# where the mesh and the person mask overlap.
+TEXTURED_METRICS = ("mesh_vs_render_iou", "inside_m_psnr", "inside_m_psnr_neural")
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,10 @@ class EvalConfig:
     """Marching-cubes resolution of the avatar mesh that is scored."""
     test_time_pose_steps: int = 40
     """Held-out frames: steps of pose-only fitting to the frame (avatar frozen) before scoring; 0 disables."""
+    textured: bool = True
+    """Also score the textured mesh (the project's bake for this checkpoint; baked first when there is none)."""
+    texture_size: int = 2048
+    """Size of the texture baked for scoring when the project has none."""
 
     def validate(self) -> None:
         """Raises UserError naming the first bad value."""
@@ -150,14 +160,45 @@ def _image_row(i: int, rgb: np.ndarray, pred_mask: np.ndarray, image: np.ndarray
 
 
 def _summary(per_frame: list[dict]) -> dict:
-    keys = [k for k in (*IMAGE_METRICS, *MESH_METRICS, "mpvpe_cm") if all(k in r for r in per_frame)]
+    keys = [k for k in (*IMAGE_METRICS, *MESH_METRICS, *TEXTURED_METRICS) if all(k in r for r in per_frame)]
     return {k: float(np.mean([r[k] for r in per_frame])) for k in keys}
+
+
+def _textured(session: Session, config: EvalConfig, cancel: CancelToken) -> Iterator[Event]:
+    """The project's bake for this checkpoint (baked and saved first when there is none) and its skinning
+    weights; the generator returns None when textured scoring is off."""
+    if not config.textured:
+        return None
+    got = load_bake(session.project.root, step=session.step)
+    if got is None:
+        tm, report = yield from bake_session(session, BakeConfig(size=config.texture_size), cancel)
+        save_textured(texture_dir(session.project.root), tm, report)
+    else:
+        tm = got[0]
+    return tm, session.mesh_weights(Mesh(tm.vertices, tm.faces))
+
+
+def _textured_row(session: Session, textured, i: int, neural_rgb: np.ndarray, opacity: np.ndarray) -> dict:
+    """Scores of the textured mesh in frame i, and where mesh, render and mask agree."""
+    tm, weights = textured
+    image, mask = session.project.frame(i), session.project.mask(i)
+    r = render_textured(session, tm, i, weights)
+    row = _image_row(i, r.rgb, r.mask, image, mask)
+    del row["frame"]
+    rendered = opacity > 0.5
+    row["mesh_vs_render_iou"] = iou(r.mask, rendered)
+    both = mask & r.mask  # where the textured mesh and the person overlap: the texture's own quality
+    if both.any():
+        row["inside_m_psnr"] = m_psnr(r.rgb, image, both)
+        row["inside_m_psnr_neural"] = m_psnr(neural_rgb, image, both)
+    return row
 
 
 def _evaluate_avatar(project: Project, gt: GroundTruth | None, config: EvalConfig, cancel: CancelToken,
                      t0: float) -> Iterator[Event]:
     session = open_session(project.root, None, "cpu", config.body_model_dir, require_checkpoint=True)
     frames = list(config.frames) if config.frames is not None else (project.held_out or list(range(project.num_frames)))
+    textured = yield from _textured(session, config, cancel)
     yield Progress("evaluate: mesh", 0, 1)
     canonical = session.canonical_mesh(config.mesh_resolution) if gt is not None else None
     yield Progress("evaluate: mesh", 1, 1)
@@ -174,6 +215,8 @@ def _evaluate_avatar(project: Project, gt: GroundTruth | None, config: EvalConfi
         cancel.check()
         r = session.render_frame(i, normals=False)  # the scores read colour and opacity only
         row = _image_row(i, r["rgb"], r["opacity"] > 0.5, project.frame(i), project.mask(i))
+        if textured is not None:
+            row["textured"] = _textured_row(session, textured, i, r["rgb"], r["opacity"])
         if gt is not None:
             posed = session.posed_mesh(canonical, i)
             row.update(mesh_metrics(posed.vertices, posed.faces, gt.posed_vertices(i), gt.faces,
@@ -192,6 +235,7 @@ def _evaluate_avatar(project: Project, gt: GroundTruth | None, config: EvalConfi
         "step": session.step,
         "frames": frames,
         "metrics": _summary(per_frame),
+        **({"textured": _summary([r["textured"] for r in per_frame])} if textured is not None else {}),
         "per_frame": per_frame,
         "seconds": round(time.perf_counter() - t0, 2),
     })

@@ -68,7 +68,7 @@ def preprocess_accuracy(project_dir: str | Path, scene_dir: str | Path, body_mod
         fit_verts = fitted_body.posed(fitted)[1].numpy()  # [N, V', 3]
         fit_kp = project(fitted_body.keypoints(torch.as_tensor(fit_verts)).numpy(), cam)
 
-    keypoints = np.load(proj.root / "keypoints.npy") if (proj.root / "keypoints.npy").exists() else None
+    keypoints = proj.keypoints()
     ious, kp_err, fit_err, mp_t, mp_s, mp_p = [], [], [], [], [], []
     same_model = fitted_body.name == true_body.name
     for i in range(n):

@@ -182,5 +182,10 @@ class Project:
         with np.load(self.root / "body.npz") as d:
             return BodyParams.from_numpy(d)
 
+    def keypoints(self) -> np.ndarray | None:
+        """The detected 2D keypoints [N, K, 3] (x, y, confidence), or None (synthetic projects have none)."""
+        path = self.root / "keypoints.npy"
+        return np.load(path, allow_pickle=False) if path.exists() else None
+
     def write_body(self, params: BodyParams) -> None:
         atomic.save_npz(self.root / "body.npz", model=np.array(self.body_model), **params.to_numpy())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ import torch
 from engine.body import BodyConfig, BodyModel, BodyParams, create_body_model
 from engine.errors import UserError
 from engine.fields.body_sdf import BodySDFGrid
-from engine.geometry.camera import Camera, pixel_rays
+from engine.geometry.camera import Camera, pixel_rays, project
 from engine.mesh import Mesh, color_mesh, extract_mesh, pose_mesh, skinning_weights
 from engine.project import Project
 from engine.refine.avatar import Avatar
@@ -70,6 +70,7 @@ class Session:
     device: torch.device
     step: int = 0
     checkpoint: dict | None = None
+    _held_out_start: dict = field(default_factory=dict)  # (frame, step) → index of the chosen start
 
     def fit_frame_pose(self, i: int, steps: int = 40, rays: int = 1024, lr: float = 5e-3) -> None:
         """Test-time fit of one held-out frame's body (pose and translation refinement on top of the
@@ -141,25 +142,64 @@ class Session:
             return pose, orient, transl + self._in_image_plane(i, d_tr)
 
     def base_params(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """What a frame's refinements apply to. Training frames: their stored body. Held-out frames:
-        the linear interpolation of their nearest refined training neighbours (a better start than
-        their own stored pose, whose error the training frames' refinements have already removed)."""
+        """What a frame's refinements apply to. Training frames: their stored body. Held-out frames: of
+        two candidates, the one whose body explains the frame's mask and keypoints better:
+        - the interpolation of the refined training neighbours (right when the fitted poses' errors are
+          independent per frame: the neighbours' refinements have removed them);
+        - the frame's own fitted pose plus the neighbours' refinement (right when the neighbours are far
+          apart in time, as in a sparsely sampled real clip, where interpolated arms are somewhere else).
+        """
         train = self.project.train_frames
         if not train or i in train:
             return self.deformer.base(i)
         lo = max((f for f in train if f < i), default=None)
         hi = min((f for f in train if f > i), default=None)
-        if lo is None or hi is None:
-            # At either end there is nothing to interpolate (and copying the neighbour would drop the
-            # motion in between): own stored body plus the neighbour's refinement.
-            pose, orient, transl = self.deformer.base(i)
-            nb = hi if lo is None else lo
-            n_pose, _, n_tr = self.refined_params(nb)
-            b_pose, _, b_tr = self.deformer.base(nb)
-            return pose + (n_pose - b_pose), orient, transl + (n_tr - b_tr)
-        w = (i - lo) / (hi - lo)
-        a, b = self.refined_params(lo), self.refined_params(hi)
-        return tuple((1 - w) * x + w * y for x, y in zip(a, b))  # small angles: axis-angles blend linearly
+        near = [f for f in (lo, hi) if f is not None]
+        w = [1.0] if len(near) == 1 else [(hi - i) / (hi - lo), (i - lo) / (hi - lo)]
+
+        def delta(f: int) -> tuple[torch.Tensor, torch.Tensor]:
+            (r_pose, _, r_tr), (b_pose, _, b_tr) = self.refined_params(f), self.deformer.base(f)
+            return r_pose - b_pose, r_tr - b_tr
+
+        d_pose = sum(wk * delta(f)[0] for wk, f in zip(w, near))
+        d_tr = sum(wk * delta(f)[1] for wk, f in zip(w, near))
+        pose, orient, transl = self.deformer.base(i)
+        candidates = [(pose + d_pose, orient, transl + d_tr)]
+        if len(near) == 2:  # small angles: axis-angles blend linearly
+            candidates.append(tuple(w[0] * x + w[1] * y for x, y in zip(self.refined_params(lo), self.refined_params(hi))))
+        if len(candidates) == 1:
+            return candidates[0]
+        key = (i, self.step)
+        if key not in self._held_out_start:
+            costs = [self._pose_cost(i, c) for c in candidates]
+            self._held_out_start[key] = int(np.argmin(costs))
+            log.debug("held-out frame %d starts from %s (costs %s)", i,
+                      ("its own pose", "the interpolation")[self._held_out_start[key]], np.round(costs, 3))
+        return candidates[self._held_out_start[key]]
+
+    def _pose_cost(self, i: int, base: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> float:
+        """How badly a body explains frame i: 1 - silhouette IoU with the mask, plus the mean distance of
+        its projected keypoints to the detected ones (confidence ≥ 0.5) in person heights."""
+        from engine.render.raycast import render_mesh  # open3d: only held-out frames need it
+
+        pose, orient, transl = base
+        p = BodyParams(self.params.shape, pose[None], orient[None], transl[None])
+        with torch.no_grad():
+            _, verts = self.body.posed(p, rest=self.deformer.rest)
+        v = verts[0].numpy()
+        cam = self.cameras[i]
+        sil = render_mesh(v, self.body.faces, np.ones((len(v), 3), np.float32), cam, supersample=1).mask
+        mask = self.project.mask(i)
+        cost = 1.0 - float((sil & mask).sum()) / max(float((sil | mask).sum()), 1.0)
+        kp = self.project.keypoints()
+        if kp is not None:
+            ok = kp[i, :, 2] >= 0.5
+            if ok.sum() >= 4:
+                with torch.no_grad():
+                    model_kp = project(self.body.keypoints(verts)[0].numpy(), cam)
+                height = max(float(np.ptp(kp[i, ok, 1])), 1.0)
+                cost += float(np.linalg.norm(model_kp[ok] - kp[i, ok, :2], axis=1).mean()) / height
+        return cost
 
     def frame_pose(self, i: int, image: torch.Tensor | None = None) -> FramePose:
         """The refined body of frame i (held-out frames: their neighbours' trajectory, plus their own
