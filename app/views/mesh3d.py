@@ -1,5 +1,8 @@
 """The 3D panel: the latest avatar mesh (canonical or posed at the current frame) in an OpenGL view.
 
+A mesh with a texture (the baked one, `app.session_worker.TexturedArrays`) is drawn by
+`app/views/textured_item.py` (lit by the headlight, or unlit with "flat colours": the texture holds the
+video's light); the "Texture" button, shown while a bake of the current checkpoint exists, chooses it.
 Meshes arrive Y-up (the engine's convention); pyqtgraph's view is Z-up, so they are shown rotated
 (x, y, z) → (x, -z, y), which keeps the person upright and facing the default camera.
 """
@@ -13,6 +16,7 @@ from PySide6.QtCore import QTimer, Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from app.views.elided import ElidedLabel
+from app.views.textured_item import TexturedMeshItem
 
 # pyqtgraph's "shaded" program lights from behind the viewer's back (light (1, -1, -1) in eye space),
 # which leaves a front-facing person dark; this one is a headlight slightly above and to the right.
@@ -58,6 +62,7 @@ class MeshView(QWidget):
     """GLViewWidget + GLMeshItem with mode (canonical/posed), shading, reset view and turntable."""
 
     mode_changed = Signal(str)
+    texture_toggled = Signal(bool)
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -69,13 +74,21 @@ class MeshView(QWidget):
         self.mode.setToolTip("Canonical (star) pose, or posed into the current frame")
         self.shading = QComboBox()
         self.shading.addItems(list(SHADINGS))
-        self.shading.setToolTip("Vertex colours of the colour field (lit), normals as colours, or unlit colours")
+        self.shading.setToolTip("Colours (of the colour field, or the baked texture) lit by a headlight, normals as "
+                                "colours, or unlit colours")
+        self.texture_button = QPushButton("Texture")
+        self.texture_button.setCheckable(True)
+        self.texture_button.setChecked(True)
+        self.texture_button.setToolTip("Show the baked texture (File ▸ Bake texture…); offered while the bake is of "
+                                       "the current checkpoint")
+        self.texture_button.setVisible(False)
+        self.texture_available = False
         self.reset_button = QPushButton("Reset view")
         self.turn_button = QPushButton("Turntable")
         self.turn_button.setCheckable(True)
         self.turn_button.setToolTip("Rotate the view around the avatar")
         self.info = ElidedLabel("no mesh yet")  # never widens the window
-        for w in (self.mode, self.shading, self.reset_button, self.turn_button):
+        for w in (self.mode, self.shading, self.texture_button, self.reset_button, self.turn_button):
             row.addWidget(w)
         row.addWidget(self.info, 1)
         lay.addLayout(row)
@@ -90,7 +103,9 @@ class MeshView(QWidget):
         grid.setColor((255, 255, 255, 40))
         self.grid = grid
         self.view.addItem(grid)
-        self.item: gl.GLMeshItem | None = None
+        self.item: gl.GLMeshItem | TexturedMeshItem | None = None  # what the view draws
+        self.textured_item = TexturedMeshItem()  # kept: its texture is uploaded once per bake
+        self._bake = None  # the texture array the textured item holds
         self.mesh = None  # what is shown (MeshArrays, in engine coordinates)
         self._center = np.zeros(3)  # of the framed mesh, in view coordinates
         self._framed = False
@@ -101,14 +116,30 @@ class MeshView(QWidget):
         self.reset_button.clicked.connect(self.reset_view)
         self.shading.currentTextChanged.connect(lambda _: self._redraw())
         self.mode.currentTextChanged.connect(self.mode_changed)
+        self.texture_button.toggled.connect(self.texture_toggled)
         self.reset_view()
 
     @property
     def num_faces(self) -> int:
         return 0 if self.mesh is None else len(self.mesh.faces)
 
+    @property
+    def textured_shown(self) -> bool:
+        """Whether the view draws the textured mesh."""
+        return self.item is self.textured_item
+
+    @property
+    def texture_wanted(self) -> bool:
+        """A bake is offered and the user wants it shown."""
+        return self.texture_available and self.texture_button.isChecked()
+
+    def set_texture_available(self, on: bool) -> None:
+        self.texture_available = on
+        self.texture_button.setVisible(on)
+
     def set_mesh(self, mesh, label: str = "") -> None:
-        """Shows a mesh (anything with vertices [V, 3], faces [F, 3], colors [V, 3] or None)."""
+        """Shows a mesh (anything with vertices [V, 3], faces [F, 3], colors [V, 3] or None; with uvs,
+        normals and texture when it is textured, as `TexturedArrays`)."""
         self.mesh = mesh
         if not self._framed and len(mesh.vertices):
             # Frame the first mesh; later ones (a new step, another frame) keep the user's camera.
@@ -123,18 +154,39 @@ class MeshView(QWidget):
         self.item, self.mesh, self._framed = None, None, False
         self.info.setText("no mesh yet")
 
+    def _show_item(self, item) -> None:
+        if self.item is not item:
+            if self.item is not None:
+                self.view.removeItem(self.item)
+            self.view.addItem(item)
+            self.item = item
+
     def _redraw(self) -> None:
         if self.mesh is None:
             return
         m = self.mesh
-        shader = SHADINGS[self.shading.currentText()]
+        shading = self.shading.currentText()
+        if getattr(m, "texture", None) is not None and shading != "normals":
+            t = self.textured_item
+            if self._bake is not m.texture:  # a new bake: upload its texture and uvs once
+                self._bake = m.texture
+                t.set_texture(m.texture)
+                t.set_uvs(m.uvs)
+                t.set_geometry(to_view(m.vertices), to_view(m.normals), m.faces)
+            else:  # another pose of the same bake
+                t.set_geometry(to_view(m.vertices), to_view(m.normals))
+            t.lit = shading != "flat colours"
+            self._show_item(t)
+            self._place_grid(to_view(m.vertices))
+            return
+        shader = SHADINGS[shading]
         colors = m.colors if m.colors is not None else np.full((len(m.vertices), 3), 0.8, np.float32)
         rgba = np.concatenate([np.asarray(colors, np.float32), np.ones((len(colors), 1), np.float32)], axis=1)
         md = gl.MeshData(vertexes=to_view(m.vertices), faces=np.asarray(m.faces, np.int32), vertexColors=rgba)
         if self.item is not None:
             self.view.removeItem(self.item)
-        self.item = gl.GLMeshItem(meshdata=md, smooth=True, shader=shader, glOptions="opaque")
-        self.view.addItem(self.item)
+            self.item = None
+        self._show_item(gl.GLMeshItem(meshdata=md, smooth=True, shader=shader, glOptions="opaque"))
         self._place_grid(to_view(m.vertices))
 
     def reset_view(self) -> None:
