@@ -192,6 +192,11 @@ class ControlPanel(QWidget):
             row.addWidget(b)
             b.clicked.connect(s)
         v.addLayout(row)
+        self.bake_after = QCheckBox("Bake a texture when a run ends")
+        self.bake_after.setToolTip("When a run ends (not when it is paused), bake the texture from the video at the "
+                                   "size chosen last in File ▸ Bake texture… It takes a while on a CPU (off by "
+                                   "default).")
+        v.addWidget(self.bake_after)
         self.stage = QLabel("Idle")
         v.addWidget(self.stage)
         self.bar = QProgressBar()
@@ -329,6 +334,7 @@ class ControlPanel(QWidget):
         prior = s.get("prior")
         self.set_prior(prior if not prior or Path(prior).is_dir() else "")
         self.prior_mode.setCurrentIndex(max(self.prior_mode.findData(s.get("prior_mode")), 0))
+        self.bake_after.setChecked(bool(s.get("bake_after_run")))
         self._load_preset_values(s.overrides)
 
     def save(self) -> None:
@@ -342,6 +348,7 @@ class ControlPanel(QWidget):
         s.set("resolution", self.resolution.value())
         s.set("prior", self.prior_path or "")
         s.set("prior_mode", self.prior_mode_name)
+        s.set("bake_after_run", int(self.bake_after.isChecked()))
         try:
             s.overrides = self.overrides()
         except UserError:

@@ -5,7 +5,8 @@ ETA), its previews to the 2D panel and its meshes to the 3D panel (through `View
 session worker is asked to score the held-out frames on the newest checkpoint (the fit loop writes a due
 checkpoint before its preview), at most every `heldout_every` steps; the worker paces it further
 (`SessionWorker.score_share`) and records the scores in the project's history. Opening a project draws
-that history (`engine.refine.history`) again.
+that history (`engine.refine.history`) again. A run that ends (not a pause) bakes the texture when the
+control panel asks for it (`app/bake_flow.py`).
 """
 
 from __future__ import annotations
@@ -239,3 +240,6 @@ class RefineController(QObject):
         w.set_status(eta="ETA –", rate="– it/s")
         r.deleteLater()
         w.open_session()  # views now use the newest checkpoint
+        ended = outcome == "done" or (outcome == "cancelled" and not self._pausing)
+        if ended and c.bake_after.isChecked():
+            w.bake.start(int(w.settings.get("bake_size")), after_run=True)

@@ -23,6 +23,8 @@ DEFAULTS = {
     "prior_mode": "refine",
     "recent": "[]",
     "last_dir": "",
+    "bake_size": 2048,
+    "bake_after_run": 0,  # 0/1: QSettings' INI files give booleans back as strings
 }
 
 

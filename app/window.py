@@ -7,11 +7,13 @@ user does lives beside it, one module each:
 - `app/view_sync.py`: the 2D and 3D panels following the timeline and the session worker;
 - `app/preprocess_flow.py`: a new project from a video, and the built-in demo;
 - `app/export_flow.py`: the export dialog and job;
+- `app/bake_flow.py`: baking the texture (on request, or when a run ends);
 - `app/capture.py`: screenshots and turntable videos.
 
 Everything long runs as an engine job in a `JobRunner` thread (a refine run, and one short job at a
-time: preprocessing, the demo scene or an export); on-demand views (posing the mesh at the current frame,
-rendering a frame, counting export triangles, scoring held-out frames) go through the `SessionWorker`.
+time: preprocessing, the demo scene, an export or a bake); on-demand views (posing the mesh at the current
+frame, rendering a frame, the baked textured mesh posed or rendered, counting export triangles, scoring
+held-out frames) go through the `SessionWorker`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.bake_flow import BakeFlow
 from app.capture import PANELS, Capture
 from app.controls import ControlPanel
 from app.export_flow import ExportFlow
@@ -68,8 +71,9 @@ class MainWindow(QMainWindow):
         self.settings = settings or Settings()
         self.user_dir = Path(user_dir) if user_dir else data_dir()
         self.assume_yes = False
+        self.closing = False  # set by shutdown: nothing new may start
         self.project: Project | None = None
-        self.job_runner: JobRunner | None = None  # preprocess, demo scene or export (one at a time)
+        self.job_runner: JobRunner | None = None  # preprocess, demo scene, export or bake (one at a time)
         self.last_error: str | None = None
         self.error_box: QMessageBox | None = None
         self._stage_name: str | None = None  # the short job's stage whose ETA the status bar shows
@@ -83,6 +87,7 @@ class MainWindow(QMainWindow):
         self.views = ViewSync(self)
         self.preprocess = PreprocessFlow(self)
         self.export = ExportFlow(self)
+        self.bake = BakeFlow(self)
         self.capture = Capture(self)
         self._build_menus()
         self._wire()
@@ -156,11 +161,16 @@ class MainWindow(QMainWindow):
         c.device.currentIndexChanged.connect(lambda _: self._update_device())
         self.timeline.frame_changed.connect(views.frame_changed)
         self.mesh_view.mode_changed.connect(lambda _: views.show_mesh())
+        self.mesh_view.texture_toggled.connect(lambda _: views.show_mesh())
         self.frames.render_requested.connect(views.render_frame)
+        self.frames.textured_requested.connect(views.render_textured)
         worker.opened.connect(self._session_opened)
         worker.unavailable.connect(lambda why: log.info("3D view: %s", why))
         worker.posed.connect(views.posed)
         worker.rendered.connect(lambda f, s, imgs: self.frames.add_render(f, s, imgs))
+        worker.textured.connect(views.set_textured)
+        worker.posed_textured.connect(views.posed)
+        worker.rendered_textured.connect(self.frames.add_textured)
         worker.canonical.connect(lambda res, m: views.set_canonical(m))
         worker.counted.connect(self.export.counted)
         worker.scored.connect(refine.held_out_scored)
@@ -175,6 +185,7 @@ class MainWindow(QMainWindow):
         self.act_demo = self._action(m, "Open the built-in &demo", self.preprocess.open_demo)
         m.addSeparator()
         self.act_export = self._action(m, "&Export mesh…", self.export.show_dialog, "Ctrl+E")
+        self.act_bake = self._action(m, "&Bake texture…", self.bake.show_dialog, "Ctrl+B")
         shots = m.addMenu("Save &screenshot")
         for name in PANELS:
             self._action(shots, name, lambda n=name: self.capture.choose_screenshot(n))
@@ -322,7 +333,7 @@ class MainWindow(QMainWindow):
             e.acceptProposedAction()
             self.open_path(urls[0])
 
-    # ---- short jobs (preprocess, demo scene, export) ------------------------------------------
+    # ---- short jobs (preprocess, demo scene, export, bake) ------------------------------------
     def start_job(self, name: str, factory, on_done) -> JobRunner:
         """Runs `factory(cancel_token)` as the one short job, with progress, log and errors shown."""
         r = JobRunner(name, factory, self)
@@ -405,6 +416,7 @@ class MainWindow(QMainWindow):
 
     def shutdown(self) -> None:
         """Cancels every job, joins every thread, saves the settings."""
+        self.closing = True
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
             for r in (self.refine.runner, self.job_runner):

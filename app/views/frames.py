@@ -1,4 +1,6 @@
-"""The 2D panel: input | render | normals | opacity of the current frame, side by side or one at a time."""
+"""The 2D panel: input | render | textured | normals | opacity of the current frame, in a few layouts or one
+at a time. "textured" is the baked textured mesh rendered into the frame (`engine.texture.render_textured`,
+asked for whenever its tile shows a frame it lacks: it takes a fraction of a second)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,14 @@ from PySide6.QtWidgets import (
 
 from app.views.elided import ElidedLabel
 
-VIEWS = ("input", "render", "normals", "opacity")
+VIEWS = ("input", "render", "textured", "normals", "opacity")
+# Layouts of several tiles: (tiles, columns).
+LAYOUTS = {
+    "2×2": (("input", "render", "normals", "opacity"), 2),
+    "input | render | textured": (("input", "render", "textured"), 3),
+    "side by side": (VIEWS, len(VIEWS)),
+}
+COMPARE = "input | render | textured"
 
 
 def to_qimage(a: np.ndarray) -> QImage:
@@ -77,9 +86,10 @@ class ImageTile(QWidget):
 
 
 class FramePanel(QWidget):
-    """Four tiles for one frame; renders come from training previews or on request."""
+    """The tiles of one frame; renders come from training previews or on request."""
 
     render_requested = Signal(int)
+    textured_requested = Signal(int)  # a shown frame has no textured render yet
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -87,8 +97,9 @@ class FramePanel(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         row = QHBoxLayout()
         self.layout_mode = QComboBox()
-        self.layout_mode.addItems(["2×2", "side by side", *VIEWS])
-        self.layout_mode.setToolTip("Show all four views, or one of them large")
+        self.layout_mode.addItems([*LAYOUTS, *VIEWS])
+        self.layout_mode.setToolTip("Show several views side by side, or one of them large (textured: the baked "
+                                    "texture on the mesh, File ▸ Bake texture…)")
         self.render_button = QPushButton("Render this frame")
         self.render_button.setToolTip("Render the current frame with the latest checkpoint of the avatar")
         self.render_button.setEnabled(False)
@@ -102,30 +113,48 @@ class FramePanel(QWidget):
         self.grid.setSpacing(2)
         lay.addLayout(self.grid, 1)
         self.tiles = {v: ImageTile(v) for v in VIEWS}
-        self.layout_mode.currentTextChanged.connect(self._arrange)
-        self.render_button.clicked.connect(lambda: self.render_requested.emit(self.frame))
-        self._arrange("2×2")
         self.project = None
         self.frame = 0
         self.renders: dict[int, tuple[int, dict]] = {}  # frame → (step, {"rgb", "normals", "opacity"})
+        self.has_textured = False  # a bake of the current checkpoint is loaded
+        self.textured_renders: dict[int, tuple[int, object]] = {}  # frame → (step baked from, rgb)
+        self._asked: int | None = None  # frame whose textured render was asked for last
+        self.shown: tuple[str, ...] = ()
+        self.layout_mode.currentTextChanged.connect(self._arrange)
+        self.render_button.clicked.connect(lambda: self.render_requested.emit(self.frame))
+        self._arrange("2×2")
 
     def _arrange(self, mode: str) -> None:
         for t in self.tiles.values():
             self.grid.removeWidget(t)
             t.setVisible(False)
-        if mode in VIEWS:
-            self.grid.addWidget(self.tiles[mode], 0, 0)
-            self.tiles[mode].setVisible(True)
-            return
-        for k, v in enumerate(VIEWS):
-            r, c = (k // 2, k % 2) if mode == "2×2" else (0, k)
-            self.grid.addWidget(self.tiles[v], r, c)
+        tiles, cols = LAYOUTS.get(mode, ((mode,), 1))
+        for k, v in enumerate(tiles):
+            self.grid.addWidget(self.tiles[v], k // cols, k % cols)
             self.tiles[v].setVisible(True)
+        self.shown = tiles
+        if self.project is not None:
+            self.show_frame(self.frame)  # a newly shown textured tile asks for its render
 
     def set_project(self, project) -> None:
         self.project = project
         self.renders.clear()
         self.show_frame(0)
+
+    def set_textured(self, on: bool) -> None:
+        """A bake of the current checkpoint is (or is no longer) there: earlier textured renders are gone."""
+        self.has_textured = on
+        self.textured_renders.clear()
+        self._asked = None
+        if self.project is not None:
+            self.show_frame(self.frame)
+
+    def add_textured(self, frame: int, step: int, rgb) -> None:
+        if not self.has_textured:
+            return  # the bake went away meanwhile
+        self.textured_renders[frame] = (step, rgb)
+        if frame == self.frame:
+            self.show_frame(frame)
 
     def add_render(self, frame: int, step: int, images: dict) -> None:
         """Keeps the newest render of a frame (training previews and on-demand renders)."""
@@ -146,6 +175,20 @@ class FramePanel(QWidget):
         note = "not rendered yet: start refining, or press Render this frame"
         for k in ("render", "normals", "opacity"):
             self.tiles[k].set_image(None if r is None else r[1]["rgb" if k == "render" else k], note)
+        self._show_textured(i)
         held = i in self.project.held_out
         self.info.setText(f"frame {i}{' (held out)' if held else ''}"
                           + (f" · render from step {r[0]}" if r is not None else ""))
+
+    def _show_textured(self, i: int) -> None:
+        tile, t = self.tiles["textured"], self.textured_renders.get(i)
+        if t is not None:
+            tile.set_image(t[1], f"the textured mesh baked from step {t[0]}")
+            return
+        if not self.has_textured:
+            tile.set_image(None, "no texture baked from this checkpoint: File ▸ Bake texture…")
+            return
+        tile.set_image(None, "rendering the textured mesh…")
+        if "textured" in self.shown and self._asked != i:
+            self._asked = i
+            self.textured_requested.emit(i)
