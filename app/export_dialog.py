@@ -1,4 +1,7 @@
-"""The export dialog: what mesh to write (the same `ExportConfig` the CLI's `export` builds)."""
+"""The export dialog: what mesh to write (the same `ExportConfig` the CLI's `export` builds).
+
+Formats: the vertex-coloured ones (`engine.mesh.FORMATS`) and the textured ones (`TEXTURED_FORMATS`):
+a texture size makes an OBJ an OBJ + MTL + PNG; a GLB always carries its texture; a PLY never does."""
 
 from __future__ import annotations
 
@@ -21,11 +24,15 @@ from PySide6.QtWidgets import (
     QSpinBox,
 )
 
-from engine.mesh import MeshFormat
-from engine.refine.export import ExportConfig
+from app.bake_flow import SIZES
+from engine.export import ExportConfig
+from engine.mesh import FORMATS
+from engine.mesh.files import TEXTURED_FORMATS
 from engine.settings import choices, field_docs
+from engine.texture import BakeConfig
 
 WHAT = ("canonical", "current frame", "whole sequence")
+ALL_FORMATS = tuple(dict.fromkeys((*FORMATS, *TEXTURED_FORMATS)))  # obj, ply, glb
 
 
 @dataclass(frozen=True)
@@ -50,9 +57,18 @@ class ExportDialog(QDialog):
         self.frame = frame
         f = QFormLayout(self)
         self.fmt = QComboBox()
-        self.fmt.addItems(choices(MeshFormat))
-        self.fmt.setToolTip("OBJ (with vertex colours as extra values) or PLY (binary, with vertex colours)")
+        self.fmt.addItems(ALL_FORMATS)
+        self.fmt.setToolTip("OBJ (vertex colours as extra values, or with a texture: OBJ + MTL + PNG), PLY (binary, "
+                            "vertex colours) or GLB (glTF binary with its texture inside)")
         f.addRow("Format", self.fmt)
+        docs = field_docs(ExportConfig)  # the same text as the CLI's help
+        self.texture = QComboBox()
+        self.texture.addItem("off (vertex colours)", None)
+        for size in SIZES:
+            self.texture.addItem(f"{size} × {size}", size)
+        self.texture.setToolTip(docs.get("texture", "Bake a texture of this size from the video into the export "
+                                                    "(off: vertex colours of the colour field)"))
+        f.addRow("Texture", self.texture)
         self.what = QComboBox()
         self.what.addItems(WHAT)
         self.what.setItemText(1, f"current frame ({frame})")
@@ -65,7 +81,6 @@ class ExportDialog(QDialog):
         row.addWidget(self.out)
         row.addWidget(browse)
         f.addRow("Save to", row)
-        docs = field_docs(ExportConfig)  # the same text as the CLI's help
         self.resolution = QSpinBox()
         self.resolution.setRange(16, 1024)
         self.resolution.setValue(256)
@@ -103,6 +118,8 @@ class ExportDialog(QDialog):
         for sig in (self.resolution.valueChanged, self.faces.valueChanged, self.limit.toggled):
             sig.connect(lambda *_: self._schedule_count())
         self.fmt.currentTextChanged.connect(self._fix_suffix)
+        self.fmt.currentTextChanged.connect(self._fit_texture)
+        self.texture.currentIndexChanged.connect(lambda _: self._fit_faces())
         self.what.currentIndexChanged.connect(lambda _: self._fix_suffix(self.fmt.currentText()))
 
     def showEvent(self, e) -> None:  # noqa: N802 - Qt override
@@ -114,11 +131,32 @@ class ExportDialog(QDialog):
         self._debounce.start()
 
     def _faces(self) -> int | None:
-        return self.faces.value() if self.limit.isChecked() else None
+        return self.faces.value() if self.limit.isChecked() and self.limit.isEnabled() else None
 
     def show_count(self, resolution: int, faces, n: int) -> None:
         if resolution == self.resolution.value() and faces == self._faces():
             self.count.setText(f"{n:,} per mesh")
+
+    def _fit_texture(self, fmt: str) -> None:
+        """The texture choices the format allows: a PLY has none, a GLB always has one."""
+        box, item = self.texture, self.texture.model().item(0)
+        box.setEnabled(fmt in TEXTURED_FORMATS)
+        item.setEnabled(fmt in FORMATS)
+        if fmt not in TEXTURED_FORMATS:
+            box.setCurrentIndex(0)
+        elif fmt not in FORMATS and box.currentData() is None:
+            box.setCurrentIndex(box.findData(BakeConfig().size))
+        self._fit_faces()
+
+    def _fit_faces(self) -> None:
+        """A textured mesh keeps all its triangles (decimating would undo its UV atlas)."""
+        textured = self._texture_size() is not None
+        self.limit.setEnabled(not textured)
+        self.faces.setEnabled(not textured and self.limit.isChecked())
+        self.limit.setToolTip("A textured mesh keeps every triangle: lower the resolution instead" if textured else "")
+
+    def _texture_size(self) -> int | None:
+        return self.texture.currentData() if self.texture.isEnabled() else None
 
     def _sequence(self) -> bool:
         return self.what.currentIndex() == 2
@@ -126,7 +164,7 @@ class ExportDialog(QDialog):
     def _fix_suffix(self, fmt: str) -> None:
         p = Path(self.out.text())
         if self._sequence():
-            self.out.setText(str(p.with_suffix("")) if p.suffix.lower()[1:] in choices(MeshFormat) else str(p))
+            self.out.setText(str(p.with_suffix("")) if p.suffix.lower()[1:] in ALL_FORMATS else str(p))
         else:
             self.out.setText(str(p.with_suffix("." + fmt) if p.suffix else p.with_name(p.name + "." + fmt)))
 
@@ -154,6 +192,7 @@ class ExportDialog(QDialog):
 
     def request(self) -> ExportRequest:
         cfg = ExportConfig(resolution=self.resolution.value(), faces=self._faces(),
-                           frame=self.frame if self.what.currentIndex() == 1 else None, up=self.up.currentData())
+                           frame=self.frame if self.what.currentIndex() == 1 else None, up=self.up.currentData(),
+                           texture=self._texture_size())
         return ExportRequest(str(Path(self.out.text()).expanduser()), cfg, self._sequence(), self.fmt.currentText(),
                              self.overwrite)

@@ -41,7 +41,7 @@ class ExportFlow(QObject):
 
     def start(self, req: ExportRequest) -> JobRunner | None:
         """Runs the engine's export_job (the CLI's `export`) with the dialog's choices."""
-        from engine.refine.export import export_job
+        from engine.export import export_job
 
         w = self.w
         if w.project is None:
@@ -62,6 +62,8 @@ class ExportFlow(QObject):
             log.info("exported %d file(s), %d triangles each: %s", len(files), result["faces"],
                      files[0] if len(files) == 1 else Path(files[0]).parent)
             w.statusBar().showMessage(f"Exported {len(files)} file(s) to {Path(files[0]).parent}", 10_000)
+            if "texture" in result:  # a textured export saves its bake in the project: the views show it
+                w.session_worker.request("texture")
 
         return w.start_job("export", lambda tok: export_job(root, out, req.config, sequence=req.sequence, fmt=req.fmt,
                                                              overwrite=req.overwrite, device=device,
