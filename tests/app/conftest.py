@@ -82,6 +82,43 @@ def tiny_project(tiny_scene, tmp_path):
     return dst
 
 
+@pytest.fixture(scope="session")
+def fitted_scene(tiny_scene, tmp_path_factory):
+    """The tiny project with a checkpoint after one step (read-only: copy it before writing into it).
+    A fresh fit precomputes the body's SDF (most of the ~40 s); sessions opened from the checkpoint do not."""
+    from engine.refine.loop import FitBudget, fit_job
+
+    dst = tmp_path_factory.mktemp("fitted") / "project"
+    shutil.copytree(tiny_scene / "project", dst)
+    run_job(fit_job(dst, None, FitBudget(iters=1, preview_every=0, mesh_every=0)))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def baked_scene(fitted_scene, tmp_path_factory):
+    """The fitted tiny project with a 1024² texture baked from its checkpoint (read-only)."""
+    from engine.texture import BakeConfig, bake_job
+
+    dst = tmp_path_factory.mktemp("baked") / "project"
+    shutil.copytree(fitted_scene, dst)
+    run_job(bake_job(dst, BakeConfig(size=1024, resolution=64, register=False)))
+    return dst
+
+
+@pytest.fixture
+def fitted_project(fitted_scene, tmp_path):
+    dst = tmp_path / "fitted"
+    shutil.copytree(fitted_scene, dst)
+    return dst
+
+
+@pytest.fixture
+def baked_project(baked_scene, tmp_path):
+    dst = tmp_path / "baked"
+    shutil.copytree(baked_scene, dst)
+    return dst
+
+
 @pytest.fixture
 def window(qapp, tmp_path):
     """The real main window with settings in a private file, shown at 1280×800."""
