@@ -1,7 +1,8 @@
 """Makes the README's screenshots with the real app: `python -m app.screenshots` (under a desktop or Xvfb).
 
 Generates the built-in demo scene, refines it for a while in the window, then saves the window, the 2D
-panel and the 3D panel as PNGs in resources/docs/ (nothing here is drawn by hand).
+panel and the 3D panel as PNGs in resources/docs/; then bakes the texture (File ▸ Bake texture…) and saves
+the textured 3D panel and the 2D panel's input | render | textured (nothing here is drawn by hand).
 """
 
 from __future__ import annotations
@@ -26,11 +27,28 @@ def _wait(app, cond, timeout: float) -> None:
         time.sleep(0.02)
 
 
+def _textured_shots(app, w, frame: int, size: int, out: Path) -> None:
+    """Bakes the texture, then the textured 3D panel (lit) and the 2D panel with the textured render."""
+    w.mesh_view.shading.setCurrentText("colours")
+    if w.bake.start(size) is None:
+        raise RuntimeError(f"the bake did not start: {w.last_error}")
+    _wait(app, lambda: w.job_runner is None, 1800)
+    _wait(app, lambda: w.views.textured is not None and w.mesh_view.textured_shown
+          and w.views.posed_frame == frame and w.views.shown_token == w.views.mesh_token
+          and frame in w.frames.textured_renders and frame in w.frames.renders, 600)
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.05)
+    w.capture.save_screenshot("3D panel", out / "app_mesh_textured.png")
+    w.capture.save_screenshot("2D panel", out / "app_frames_textured.png")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=200, help="refinement steps before the pictures")
     p.add_argument("--frame", type=int, default=3, help="frame shown when the pictures are taken")
     p.add_argument("--user-dir", help="where the demo scene goes (default: a temporary folder)")
+    p.add_argument("--texture", type=int, default=2048, help="size of the baked texture (0: no textured pictures)")
     p.add_argument("--out-dir", default=str(DOCS))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -73,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     w.mesh_view.shading.setCurrentText("normals")
     app.processEvents()
     w.capture.save_screenshot("3D panel", out / "app_mesh_normals.png")
+    if args.texture:
+        _textured_shots(app, w, args.frame, args.texture, out)
     w.close()
     import shiboken6
 
