@@ -1,4 +1,4 @@
-"""Exact mesh rendering by ray casting (open3d / Embree on CPU).
+"""Exact mesh rendering by ray casting (open3d / Embree on CPU), vertex-coloured or textured.
 
 Used for the synthetic ground truth and for scoring meshes as images, so both sides of a
 comparison go through the same code.
@@ -12,6 +12,7 @@ import numpy as np
 import open3d as o3d
 
 from engine.geometry.camera import Camera, rays_through
+from engine.geometry.texture_sampling import sample_texture
 
 # A fixed soft light from above the camera: enough shading to read the shape, little enough
 # that the colours stay close to the albedo (the avatar's colour field has to explain them).
@@ -53,25 +54,38 @@ def _cast(scene: o3d.t.geometry.RaycastingScene, origins: np.ndarray, dirs: np.n
 def render_mesh(
     vertices: np.ndarray,
     faces: np.ndarray,
-    vertex_colors: np.ndarray,
+    vertex_colors: np.ndarray | None,
     camera: Camera,
     background: np.ndarray | None = None,
     supersample: int = 2,
     shaded: bool = True,
+    uvs: np.ndarray | None = None,
+    texture: np.ndarray | None = None,
 ) -> MeshRender:
-    """Renders a vertex-coloured mesh.
+    """Renders a vertex-coloured or textured mesh.
 
     Args:
-        vertices: [V, 3] world; faces: [F, 3]; vertex_colors: [V, 3] albedo in [0, 1].
+        vertices: [V, 3] world; faces: [F, 3]; vertex_colors: [V, 3] albedo in [0, 1] (may be None
+            when a texture is given).
         camera: pinhole camera.
         background: [H, W, 3] image behind the mesh (black if None).
         supersample: s×s rays per pixel for the colour (anti-aliased edges); the mask, depth and
             normals use the pixel centre only, so the mask is the exact projection of the mesh.
         shaded: apply the fixed light (else flat albedo).
+        uvs: [V, 2] texture coordinates (v up), with `texture`.
+        texture: [S, S, 3] albedo in [0, 1], row 0 at the top (`engine/mesh/textured.py`): the albedo
+            at a hit is its bilinear sample at the interpolated UV, instead of the vertex colours.
     """
     H, W = camera.height, camera.width
     bg = np.zeros((H, W, 3), np.float32) if background is None else background.astype(np.float32)
     faces = np.asarray(faces)
+    textured = texture is not None
+    if textured and (uvs is None or len(uvs) != len(vertices)):
+        raise ValueError("a texture needs uvs [V, 2], one per vertex")
+    if not textured and vertex_colors is None:
+        raise ValueError("give vertex_colors, or uvs and a texture")
+    if textured:
+        uvs, texture = np.asarray(uvs, np.float32), np.asarray(texture, np.float32)
 
     def colour_at(hit: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         prim = hit["primitive_ids"].astype(np.int64)
@@ -80,7 +94,10 @@ def render_mesh(
         uv = hit["primitive_uvs"]
         bary = np.stack([1.0 - uv[..., 0] - uv[..., 1], uv[..., 0], uv[..., 1]], axis=-1)
         tri = faces[prim]  # [R, 3]
-        albedo = (vertex_colors[tri] * bary[..., None]).sum(axis=-2)
+        if textured:
+            albedo = sample_texture(texture, (uvs[tri] * bary[..., None]).sum(axis=-2))
+        else:
+            albedo = (vertex_colors[tri] * bary[..., None]).sum(axis=-2)
         n = hit["primitive_normals"]
         col = shade(albedo, n) if shaded else albedo
         return col, ok, n
