@@ -1,5 +1,6 @@
 """Meshes from the learned fields: extraction (marching cubes), colouring, decimation, posing, and
-the OBJ/PLY files they are written to (files.py)."""
+the OBJ/PLY files they are written to (files.py); UV atlases (uv.py), the textured mesh (textured.py)
+and its OBJ+MTL+PNG and glTF files."""
 
 from engine.mesh.extract import (
     Mesh,
@@ -14,24 +15,65 @@ from engine.mesh.extract import (
     vertex_normals,
     with_normals,
 )
-from engine.mesh.files import FORMATS, UP_AXES, MeshFormat, UpAxis, write_mesh, write_sequence
+from engine.mesh.files import (
+    FORMATS,
+    TEXTURED_FORMATS,
+    UP_AXES,
+    MeshFormat,
+    TexturedFormat,
+    UpAxis,
+    write_mesh,
+    write_sequence,
+    write_textured,
+)
+from engine.mesh.textured import TexturedMesh, load_textured, save_textured
+from engine.mesh.uv import (
+    BILINEAR_MARGIN,
+    TEXTURE_DEFAULT,
+    TEXTURE_MAX,
+    TEXTURE_MIN,
+    TexelSamples,
+    check_texture_size,
+    dilate,
+    points,
+    surface_normals,
+    texel_samples,
+    uv_atlas,
+)
 
 __all__ = [
+    "BILINEAR_MARGIN",
     "FORMATS",
+    "TEXTURED_FORMATS",
+    "TEXTURE_DEFAULT",
+    "TEXTURE_MAX",
+    "TEXTURE_MIN",
     "UP_AXES",
     "Mesh",
     "MeshFormat",
+    "TexelSamples",
+    "TexturedFormat",
+    "TexturedMesh",
     "UpAxis",
+    "check_texture_size",
     "color_mesh",
     "count_faces_after",
     "decimate",
+    "dilate",
     "extract_mesh",
     "keep_largest_component",
+    "load_textured",
+    "points",
     "pose_mesh",
     "pose_vertices",
+    "save_textured",
     "skinning_weights",
+    "surface_normals",
+    "texel_samples",
+    "uv_atlas",
     "vertex_normals",
     "with_normals",
     "write_mesh",
     "write_sequence",
+    "write_textured",
 ]

@@ -1,8 +1,12 @@
-"""Writing meshes: binary PLY and OBJ with vertex colours and normals, atomically.
+"""Writing meshes: binary PLY and OBJ with vertex colours and normals, and textured OBJ and glTF
+binary, atomically.
 
 PLY: binary little-endian; float x y z, float nx ny nz, uchar red green blue; int32 faces.
 OBJ: `v x y z r g b` (the per-vertex colour extension Blender and MeshLab read), `vn`, and
 `f a//a b//b c//c`; no material file.
+Textured OBJ (`write_textured`): `v`, `vt`, `vn`, `f a/a/a …`, with NAME.mtl (`map_Kd NAME.png`) and
+NAME.png beside it. Textured glTF binary: one mesh with TEXCOORD_0 and NORMAL, a PBR material whose
+base colour texture is the embedded PNG; written by trimesh, which flips v to glTF's top-left origin.
 
 Our world is Y-up, which Blender's OBJ/PLY importers expect by default; `up="z"` rotates +90°
 about X (Y-up → Z-up, the body then faces -Y) for tools that do not convert.
@@ -20,8 +24,9 @@ from typing import Literal, get_args
 import numpy as np
 
 from engine.errors import UserError
-from engine.io.atomic import atomic_path
+from engine.io.atomic import atomic_path, write_bytes, write_image
 from engine.mesh.extract import Mesh, vertex_normals
+from engine.mesh.textured import TexturedMesh
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,10 @@ FORMATS: tuple[str, ...] = get_args(MeshFormat)
 # Up axis of a written file: y (ours, and what Blender's importers expect) or z.
 UpAxis = Literal["y", "z"]
 UP_AXES: tuple[str, ...] = get_args(UpAxis)
+# Formats that carry a texture (`write_textured`).
+TexturedFormat = Literal["obj", "glb"]
+TEXTURED_FORMATS: tuple[str, ...] = get_args(TexturedFormat)
+MATERIAL_NAME = "avatar"
 _ROWS = 100_000  # OBJ lines formatted per batch (bounds the temporary strings)
 
 
@@ -119,6 +128,104 @@ def write_sequence(
         if stale:
             log.info("removed %d frames of an earlier sequence from %s", len(stale), folder)
     return written
+
+
+def write_textured(
+    path: str | Path, tm: TexturedMesh, up: UpAxis = "y", material: str | Path | None = None
+) -> list[Path]:
+    """Writes a textured mesh as `.obj` (+ `.mtl` + `.png` beside it) or `.glb` (texture embedded).
+
+    Each file is written atomically; the OBJ's material and image take its name (`avatar.obj` →
+    `avatar.mtl`, `avatar.png`). glTF is Y-up by definition and its importers convert, so "y" is the
+    right axis for `.glb`; "z" rotates it as for the other formats.
+
+    Args:
+        path: target `.obj` or `.glb`; its folder must exist.
+        tm: the mesh, its UVs and texture (normals are computed when it has none).
+        up: "y" (as is) or "z" (rotate +90° about X).
+        material: OBJ only: an `.mtl` this function wrote before in the same folder (a sequence's first
+            frame); the OBJ then uses it (and its image) and writes no material or image of its own.
+
+    Returns:
+        The written paths (OBJ, MTL, PNG; the OBJ alone with `material`; or the GLB).
+
+    Raises:
+        UserError: unsupported suffix, or a file cannot be written.
+    """
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in TEXTURED_FORMATS:
+        raise UserError(f"unsupported textured mesh format {path.suffix or '(none)'!r} for {path}: use "
+                        f"{' or '.join('.' + f for f in TEXTURED_FORMATS)}.")
+    if material is not None and fmt != "obj":
+        raise ValueError("a shared material is for OBJ files; a .glb embeds its texture")
+    _check_textured(tm)
+    normals = tm.normals if tm.normals is not None else vertex_normals(tm.vertices, tm.faces)
+    vertices, normals = _orient(tm.vertices, normals, up)
+    texture_u8 = _colors_u8(tm.texture) if material is None else None
+    try:
+        if fmt == "obj":
+            written = _write_textured_obj(path, vertices, normals, tm, texture_u8, material)
+        else:
+            write_bytes(path, _glb_bytes(vertices, normals, tm, texture_u8))
+            written = [path]
+    except OSError as e:
+        raise UserError(_os_error_message(path, e)) from e
+    log.debug("wrote %s (%d vertices, %d faces, %d² texture)", path, tm.num_vertices, tm.num_faces,
+              tm.texture_size)
+    return written
+
+
+def _check_textured(tm: TexturedMesh) -> None:
+    n = tm.num_vertices
+    if tm.num_faces and (tm.faces.min() < 0 or tm.faces.max() >= n):
+        raise ValueError(f"face indices out of range for {n} vertices")
+    if len(tm.uvs) != n or (tm.normals is not None and len(tm.normals) != n):
+        raise ValueError(f"{len(tm.uvs)} UVs (or normals) for {n} vertices")
+    if tm.texture.ndim != 3 or tm.texture.shape[2] != 3:
+        raise ValueError(f"texture must be [S, S, 3], not {list(tm.texture.shape)}")
+
+
+def _write_textured_obj(path: Path, vertices, normals, tm: TexturedMesh, texture_u8, shared) -> list[Path]:
+    written = [path]
+    if shared is None:
+        mtl, png = path.with_suffix(".mtl"), path.with_suffix(".png")
+        write_image(png, texture_u8)
+        material = (f"# avatar-studio\nnewmtl {MATERIAL_NAME}\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\nillum 1\n"
+                    f"map_Kd {png.name}\n")
+        write_bytes(mtl, material.encode())
+        written += [mtl, png]
+        mtllib = mtl.name
+    else:
+        # Readers resolve the MTL's image against the OBJ's folder or the MTL's: keep all in one.
+        if Path(shared).resolve().parent != path.resolve().parent:
+            raise ValueError(f"the shared material {shared} must be in the folder of {path}")
+        mtllib = Path(shared).name
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(f"# avatar-studio\n# {len(vertices)} vertices, {len(tm.faces)} faces\n"
+                f"mtllib {mtllib}\n".encode())
+        _write_rows(f, "v %.6f %.6f %.6f\n", vertices.astype(np.float64))
+        _write_rows(f, "vt %.6f %.6f\n", tm.uvs.astype(np.float64))
+        _write_rows(f, "vn %.4f %.4f %.4f\n", normals.astype(np.float64))
+        f.write(f"usemtl {MATERIAL_NAME}\n".encode())
+        idx = tm.faces.astype(np.int64) + 1  # OBJ indices are 1-based; v, vt and vn share them
+        _write_rows(f, "f %d/%d/%d %d/%d/%d %d/%d/%d\n", np.repeat(idx, 3, axis=1))
+    return written
+
+
+def _glb_bytes(vertices, normals, tm: TexturedMesh, texture_u8) -> bytes:
+    import trimesh  # deferred: only the glTF writer needs it
+    from PIL import Image
+
+    material = trimesh.visual.material.PBRMaterial(
+        name=MATERIAL_NAME, baseColorTexture=Image.fromarray(texture_u8), metallicFactor=0.0, roughnessFactor=1.0
+    )
+    # TextureVisuals takes OBJ-style UVs (v up) and the glTF exporter writes 1 - v: image rows from the top.
+    mesh = trimesh.Trimesh(
+        vertices=vertices, faces=tm.faces, vertex_normals=normals,
+        visual=trimesh.visual.TextureVisuals(uv=tm.uvs, material=material), process=False,
+    )
+    return mesh.export(file_type="glb", include_normals=True)
 
 
 def _as_mesh(mesh_or_vertices, faces, colors) -> Mesh:
