@@ -5,12 +5,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 # Debian packages: libusb for open3d; Qt's xcb platform libs, Mesa (software GL for the 3D view) and
-# Xvfb + xauth for the GUI tests (and `make run` without a desktop) under a virtual screen; blender for the
-# tests that import the textured exports in a real client (tests/engine/test_textured_mesh.py).
+# Xvfb + xauth for the GUI tests (and `make run` without a desktop) under a virtual screen; blender (and
+# python3-numpy, which its glTF importer needs) for the tests that import the textured exports in a real
+# client (tests/engine/test_textured_mesh.py).
 DEB_PKGS := libusb-1.0-0 xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxcb-xinerama0 \
 	libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xkb1 libxkbcommon0 libxkbcommon-x11-0 \
 	libgl1 libegl1 libglx-mesa0 libgl1-mesa-dri libdbus-1-3 libfontconfig1 fonts-dejavu-core \
-	blender
+	blender python3-numpy
 
 .PHONY: run test setup demo lint clean screenshots package prior
 
