@@ -21,6 +21,7 @@ from engine.geometry.lbs import warp
 log = logging.getLogger(__name__)
 
 SdfFn = Callable[[np.ndarray], np.ndarray]
+WELD_VOXELS = 0.01  # marching-cubes vertices closer than this (in voxels) are merged (`weld`)
 
 
 @dataclass
@@ -204,7 +205,7 @@ def extract_mesh(
     # clockwise from outside); the sphere test in tests/engine/test_mesh.py pins this down.
     verts, faces, _, _ = marching_cubes(volume, level=0.0, spacing=(voxel, voxel, voxel))
     mesh = Mesh((verts + origin).astype(np.float32), faces.astype(np.int64))
-    mesh = _drop_degenerate(mesh)
+    mesh = _drop_degenerate(weld(mesh, WELD_VOXELS * voxel))
     if largest_component and mesh.num_faces:
         mesh = keep_largest_component(mesh)
     mesh = with_normals(mesh)
@@ -230,6 +231,30 @@ def _check_band(volume: np.ndarray, near: np.ndarray, approx: np.ndarray, shape:
     if flips:
         log.warning("the surface leaves the band around the approximate SDF at %d grid points; "
                     "widen `band` or the mesh may have spurious sheets there", flips)
+
+
+def weld(mesh: Mesh, tolerance: float) -> Mesh:
+    """Merges vertices closer than `tolerance` (the first of each cluster stays). Marching cubes puts two
+    vertices almost on top of each other where the surface passes next to a grid point; the slivers
+    between them have no area but wreck UV charting (xatlas gave such faces atlas-wide UV triangles)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(mesh.vertices).query_pairs(tolerance, output_type="ndarray")
+    if len(pairs) == 0:
+        return mesh
+    n = mesh.num_vertices
+    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    keep = np.zeros(n, bool)
+    _, first = np.unique(label, return_index=True)
+    keep[first] = True
+    new_index = np.cumsum(keep) - 1  # index of each kept vertex
+    remap = new_index[first][label]  # every vertex → its cluster's kept vertex
+    return Mesh(mesh.vertices[keep], remap[mesh.faces],
+                None if mesh.colors is None else mesh.colors[keep],
+                None if mesh.normals is None else mesh.normals[keep])
 
 
 def _touches_boundary(volume: np.ndarray) -> bool:
