@@ -203,7 +203,8 @@ def test_texel_points_lie_on_the_surface_with_outward_normals(torus, atlas, gutt
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.core.Tensor(torus.vertices), o3d.core.Tensor(torus.faces.astype(np.uint32)))
     distance = scene.compute_distance(o3d.core.Tensor(p)).numpy()
-    assert distance.max() < 1e-5
+    # float32 noise on near-degenerate slivers stays far below 0.1 mm; a wrong face or weight would not.
+    assert distance.max() < 1e-4 and np.median(distance) < 1e-7
     n = surface_normals(atlas, gutter)
     assert np.allclose(np.linalg.norm(n, axis=1), 1.0, atol=1e-5)
     ring = p.copy()
