@@ -109,7 +109,7 @@ def uv_atlas(mesh: Mesh, size: int = TEXTURE_DEFAULT, padding: int = 4) -> Textu
     # xatlas normalises by its atlas's width and height; one scale keeps texels square.
     uvs = (uvs.astype(np.float64) * np.array([atlas.width, atlas.height]) / longest).astype(np.float32)
     charted = atlas.get_mesh_vertex_assignment(0)[0] != _UNCHARTED
-    uvs = _place_uncharted(uvs, new_faces, charted, vertices[source], face_area, area)
+    uvs, new_faces, source = _place_uncharted(uvs, new_faces, source, charted, vertices[source], face_area, area)
     uvs = np.clip(uvs, 0.0, 1.0)
 
     normals = mesh.normals if mesh.normals is not None and len(mesh.normals) == len(vertices) else \
@@ -161,11 +161,16 @@ def _generate(vertices, faces, normals, chart_options, resolution: int, padding:
     return atlas
 
 
-def _place_uncharted(uvs, faces, charted, positions, face_area, area) -> np.ndarray:
-    """Collapses each face xatlas left out onto the UV of the charted vertex nearest its first corner."""
+def _place_uncharted(uvs, faces, source, charted, positions, face_area, area):
+    """Gives each face xatlas left out three vertices of its own, all at the UV of the charted vertex
+    nearest its first corner: it covers no texel, takes the colour beside it, and (having its own
+    vertices) cannot drag a neighbour's corner, nor span charts.
+
+    Returns UVs [V', 2], faces [F, 3] and source vertices [V'] without the vertices no face uses.
+    """
     loose = ~charted[faces].all(axis=1)
     if not loose.any():
-        return uvs
+        return uvs, faces, source
     lost = float(face_area[loose].sum()) / area
     if lost > _MAX_UNCHARTED_AREA or not charted.any():
         raise UserError(f"xatlas could not chart the mesh: it left out {int(loose.sum())} of {len(faces)} "
@@ -174,11 +179,17 @@ def _place_uncharted(uvs, faces, charted, positions, face_area, area) -> np.ndar
 
     anchors = np.flatnonzero(charted)
     _, nearest = cKDTree(positions[anchors]).query(positions[faces[loose, 0]])
-    uvs = uvs.copy()
-    uvs[faces[loose].ravel()] = np.repeat(uvs[anchors[nearest]], 3, axis=0)
-    log.debug("xatlas left out %d sliver faces (%.2g %% of the area); collapsed onto neighbours",
-              int(loose.sum()), 100 * lost)
-    return uvs
+    count = int(loose.sum())
+    faces = faces.copy()
+    own = len(uvs) + np.arange(3 * count).reshape(count, 3)
+    uvs = np.concatenate([uvs, np.repeat(uvs[anchors[nearest]], 3, axis=0)])
+    source = np.concatenate([source, source[faces[loose]].ravel()])
+    faces[loose] = own
+    used = np.zeros(len(uvs), bool)
+    used[faces.ravel()] = True
+    log.debug("xatlas left out %d sliver faces (%.2g %% of the area); collapsed onto neighbours", count,
+              100 * lost)
+    return uvs[used], (np.cumsum(used) - 1)[faces], source[used]
 
 
 @dataclass

@@ -18,6 +18,7 @@ import trimesh
 from scipy.ndimage import distance_transform_edt
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from skimage.measure import marching_cubes
 
 from engine.errors import UserError
 from engine.geometry.camera import Camera, look_at
@@ -156,6 +157,31 @@ def _reference_texels(tm: TexturedMesh) -> dict[int, list[int]]:
         for texel in (rr.ravel() * S + cc.ravel())[(bary > 1e-5).all(axis=0)]:  # clearly inside
             hits.setdefault(int(texel), []).append(f)
     return hits
+
+
+def test_faces_xatlas_leaves_out_cover_no_texels():
+    """Raw marching cubes of a torus whose surface passes through grid points: the zero-area slivers
+    there are left out by xatlas. They must not reach across the atlas or onto other charts' texels."""
+    n = 65
+    g = np.linspace(-1.0, 1.0, n)
+    x, y, z = np.meshgrid(g, g, g, indexing="ij")
+    volume = np.sqrt((np.sqrt(x**2 + z**2) - 0.5) ** 2 + y**2) - 0.25
+    verts, faces, _, _ = marching_cubes(volume.astype(np.float32), 0.0, spacing=(2.0 / (n - 1),) * 3)
+    mesh = Mesh(verts - 1.0, faces[:, ::-1].copy())  # outward winding, unwelded
+    area = _surface_area(mesh.vertices, mesh.faces)
+    assert (area < 1e-9).sum() > 20  # the case at hand
+    tm = uv_atlas(mesh, S, PADDING)
+    np.testing.assert_array_equal(tm.source_vertex[tm.faces], mesh.faces)
+    np.testing.assert_array_equal(tm.vertices, mesh.vertices[tm.source_vertex])
+    uv_area = _uv_area_texels(tm)
+    assert (uv_area[area < 1e-9] == 0).any()  # collapsed onto a neighbour's UV
+    assert len(texel_samples(tm)) == pytest.approx(uv_area.sum(), rel=2e-3)  # no overlaps
+    uv = tm.uvs[tm.faces].astype(np.float64) * S
+    longest_uv = np.linalg.norm(uv - uv[:, [1, 2, 0]], axis=2).max(axis=1)
+    v = tm.vertices[tm.faces].astype(np.float64)
+    longest = np.linalg.norm(v - v[:, [1, 2, 0]], axis=2).max(axis=1)
+    texels_per_m = np.sqrt(uv_area.sum() / area.sum())
+    assert (longest_uv <= 4.0 * texels_per_m * longest + 2.0).all()
 
 
 def test_texel_samples_agree_with_the_slow_reference(atlas, samples):
