@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     w.refine.start()
     _wait(app, lambda: w.refine.runner is None, 1800)
     w.timeline.set_frame(args.frame)
+    _wait(app, lambda: w.session_worker.has_session, 600)  # a short run's first checkpoint is its last
     w.views.render_frame(args.frame)
     _wait(app, lambda: args.frame in w.frames.renders and w.views.posed_frame == args.frame
           and w.views.shown_token == w.views.mesh_token and w.losses.held_steps[-1:] == [w.refine.step], 600)

@@ -89,7 +89,7 @@ class ViewSync(QObject):
 
     def frame_changed(self, i: int) -> None:
         self.w.frames.show_frame(i)
-        if self.w.mesh_view.mode.currentText() == "posed" and (self.canonical or self.textured) is not None:
+        if self.w.mesh_view.mode.currentText() == "posed" and (self.canonical is not None or self.textured is not None):
             self.show_mesh()
 
     def render_frame(self, i: int) -> None:

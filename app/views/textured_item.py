@@ -114,10 +114,15 @@ class TexturedMeshItem(GLGraphicsItem.GLGraphicsItem):
         if self._image_dirty and self._image is not None:
             if self._texture_id is None:
                 self._texture_id = GL.glGenTextures(1)
-            h, w = self._image.shape[:2]
+            image = self._image
+            limit = int(GL.glGetIntegerv(GL.GL_MAX_TEXTURE_SIZE))
+            if max(image.shape[:2]) > limit:  # an old GPU: a coarser texture rather than none
+                k = -(-max(image.shape[:2]) // limit)
+                image = np.ascontiguousarray(image[::k, ::k])
+            h, w = image.shape[:2]
             GL.glBindTexture(GL.GL_TEXTURE_2D, self._texture_id)
             GL.glPixelStorei(GL.GL_UNPACK_ALIGNMENT, 1)  # rows of 3·S bytes
-            GL.glTexImage2D(GL.GL_TEXTURE_2D, 0, GL.GL_RGB8, w, h, 0, GL.GL_RGB, GL.GL_UNSIGNED_BYTE, self._image)
+            GL.glTexImage2D(GL.GL_TEXTURE_2D, 0, GL.GL_RGB8, w, h, 0, GL.GL_RGB, GL.GL_UNSIGNED_BYTE, image)
             GL.glTexParameteri(GL.GL_TEXTURE_2D, GL.GL_TEXTURE_MAX_LEVEL, MAX_MIP_LEVEL)
             GL.glGenerateMipmap(GL.GL_TEXTURE_2D)
             GL.glTexParameteri(GL.GL_TEXTURE_2D, GL.GL_TEXTURE_MIN_FILTER, GL.GL_LINEAR_MIPMAP_LINEAR)
