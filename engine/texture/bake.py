@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,7 +22,7 @@ from typing import Literal
 import cv2
 import numpy as np
 import torch
-from scipy.ndimage import distance_transform_edt
+from scipy.ndimage import distance_transform_edt, maximum_filter, minimum_filter
 
 from engine.errors import UserError
 from engine.geometry.camera import Camera, rays_through
@@ -30,7 +30,14 @@ from engine.geometry.texture_sampling import sample_texture
 from engine.jobs.events import CancelToken, Done, Event, Progress
 from engine.mesh import Mesh
 from engine.mesh.textured import TexturedMesh, load_textured, save_textured
-from engine.mesh.uv import TEXTURE_DEFAULT, check_texture_size, dilate, texel_samples, uv_atlas
+from engine.mesh.uv import (
+    BILINEAR_MARGIN,
+    TEXTURE_DEFAULT,
+    check_texture_size,
+    dilate,
+    texel_samples,
+    uv_atlas,
+)
 from engine.refine.render import RENDER_MARGIN_M, RENDER_MARGIN_PX, person_box
 from engine.refine.session import Session, open_session
 from engine.render.raycast import raycasting_scene
@@ -44,6 +51,7 @@ log = logging.getLogger(__name__)
 TEXTURE_DIR = "texture"  # inside the project
 MIN_COS = 0.15  # texels seen more obliquely than this (about 80°) take nothing from the frame
 EDGE_PX = 2.0  # working pixels over which weights ramp up from the mask's and the silhouette's edges
+DEPTH_EDGE = 0.05  # metres: a depth step this large between neighbouring pixels is an occlusion edge
 DEPTH_TOLERANCE = 0.01  # metres (plus the pixel footprint's slope): nearer surfaces hide a texel
 FIELD_WEIGHT = 0.05  # a texel seen this little leans on the colour field (in frontal, sharp samples)
 
@@ -139,7 +147,11 @@ def frame_samples(view: SourceView, posed: np.ndarray, faces: np.ndarray, texels
     covered = np.isfinite(depth)
     ramp = EDGE_PX * scale
     in_mask = np.clip(distance_transform_edt(view.mask) / ramp, 0.0, 1.0)
-    in_sil = np.clip(distance_transform_edt(covered) / ramp, 0.0, 1.0)
+    # Away from the silhouette and from depth edges inside it (an arm in front of the chest): a lookup
+    # there blends both sides' colours.
+    d = np.where(covered, depth, 1e3)
+    jump = (maximum_filter(d, size=3) - minimum_filter(d, size=3)) > DEPTH_EDGE
+    in_sil = np.clip(distance_transform_edt(covered & ~jump) / ramp, 0.0, 1.0)
     weight = (cos**2) * in_mask[iy, ix] * in_sil[iy, ix]
     keep = visible & (weight > 1e-4)
     sel, px, weight = sel[keep], px[keep], weight[keep]
@@ -180,6 +192,40 @@ def _part_labels(session: Session, canonical_points: np.ndarray) -> np.ndarray:
     return cKDTree(joints).query(canonical_points, k=1, workers=-1)[1].astype(np.int64)
 
 
+def atlas_texels(tm: TexturedMesh) -> _Texels:
+    """The texels of `tm`'s atlas as points of its surface (with the bilinear margin: texels a lookup
+    near a face reads get that face's colour too)."""
+    ts = texel_samples(tm, BILINEAR_MARGIN)
+    return _Texels(ts.rows, ts.cols, ts.face, ts.bary.astype(np.float32), tm.faces[ts.face])
+
+
+def bake_views(tm: TexturedMesh, texels: _Texels, posed: dict[int, np.ndarray], views: Iterable[SourceView],
+               working_focal: dict[int, float], parts: np.ndarray | None, cancel: CancelToken
+               ) -> Generator[Event, None, tuple[np.ndarray, np.ndarray, list[FrameSamples], dict]]:
+    """The blend of what `views` show of the texels, with `tm` posed into each view's frame as `posed`
+    (frame → vertices [V, 3]); with body-part labels `parts` [T], each frame is registered first.
+    Returns colours [T, 3], support [T] (total weight; 0 where no frame saw the texel), the samples and
+    the registration shifts (frame → [P, 2] working pixels)."""
+    samples: list[FrameSamples] = []
+    n_views = len(posed)
+    yield Progress("bake: frames", 0, n_views)
+    for k, view in enumerate(views):
+        cancel.check()
+        samples.append(frame_samples(view, posed[view.frame], tm.faces, texels, working_focal[view.frame]))
+        yield Progress("bake: frames", k + 1, n_views)
+    _frame_weights(samples)
+    n = len(texels.rows)
+    shifts = {}
+    if parts is not None and len(samples) > 1:
+        mean, _ = robust_blend(samples, n)
+        for k, s in enumerate(samples):
+            cancel.check()
+            shifts[s.frame] = register_frame(s, mean, parts, working_focal[s.frame])
+            yield Progress("bake: register", k + 1, len(samples))
+    color, support = robust_blend(samples, n)
+    return color, support, samples, shifts
+
+
 def bake_session(session: Session, cfg: BakeConfig, cancel: CancelToken | None = None
                  ) -> Generator[Event, None, tuple[TexturedMesh, dict]]:
     """Bakes the session's avatar; yields progress, returns the textured mesh and a report."""
@@ -196,11 +242,10 @@ def bake_session(session: Session, cfg: BakeConfig, cancel: CancelToken | None =
     yield Progress("bake: atlas", 0, 1)
     t = time.perf_counter()
     tm = uv_atlas(Mesh(mesh.vertices, mesh.faces, normals=mesh.normals), cfg.size, cfg.padding)
-    ts = texel_samples(tm)
-    texels = _Texels(ts.rows, ts.cols, ts.face, ts.bary.astype(np.float32), tm.faces[ts.face])
+    texels = atlas_texels(tm)
     seconds["atlas"] = time.perf_counter() - t
-    log.info("atlas: %d faces, %d texels of %d² (%.0f%%)", tm.num_faces, len(ts.rows), cfg.size,
-             100 * len(ts.rows) / cfg.size**2)
+    log.info("atlas: %d faces, %d texels of %d² (%.0f%%)", tm.num_faces, len(texels.rows), cfg.size,
+             100 * len(texels.rows) / cfg.size**2)
 
     t = time.perf_counter()
     weights = session.mesh_weights(Mesh(tm.vertices, tm.faces))
@@ -213,29 +258,12 @@ def bake_session(session: Session, cfg: BakeConfig, cancel: CancelToken | None =
     t = time.perf_counter()
     views, source = read_views(project, frames, boxes, use_source=cfg.source == "auto", cancel=cancel)
     working_focal = {i: float(session.cameras[i].K[0, 0]) for i in frames}
-    samples: list[FrameSamples] = []
-    yield Progress("bake: frames", 0, len(frames))
-    for k, view in enumerate(views):
-        cancel.check()
-        samples.append(frame_samples(view, posed[view.frame], tm.faces, texels, working_focal[view.frame]))
-        yield Progress("bake: frames", k + 1, len(frames))
-    _frame_weights(samples)
+    parts = _part_labels(session, texels.points(tm.vertices)) if cfg.register else None
+    color, support, samples, shifts = yield from bake_views(tm, texels, posed, views, working_focal, parts, cancel)
     seconds["frames"] = time.perf_counter() - t
-    n = len(ts.rows)
-
-    shifts = {}
-    if cfg.register and len(samples) > 1:
-        t = time.perf_counter()
-        parts = _part_labels(session, texels.points(tm.vertices))
-        mean, _ = robust_blend(samples, n)
-        for k, s in enumerate(samples):
-            cancel.check()
-            shifts[s.frame] = register_frame(s, mean, parts, working_focal[s.frame])
-            yield Progress("bake: register", k + 1, len(samples))
-        seconds["register"] = time.perf_counter() - t
+    n = len(texels.rows)
 
     t = time.perf_counter()
-    color, support = robust_blend(samples, n)
     # Texels few frames saw lean on the colour field (under the arms, the soles).
     weak = support < FIELD_WEIGHT
     if weak.any():
@@ -246,8 +274,10 @@ def bake_session(session: Session, cfg: BakeConfig, cancel: CancelToken | None =
         a = (support[weak] / FIELD_WEIGHT)[:, None]
         color[weak] = a * color[weak] + (1 - a) * field
     image = np.zeros((cfg.size, cfg.size, 3), np.float32)
-    image[ts.rows, ts.cols] = color
-    image = dilate(image, ts.covered(), cfg.padding * 2)
+    image[texels.rows, texels.cols] = color
+    covered = np.zeros((cfg.size, cfg.size), bool)
+    covered[texels.rows, texels.cols] = True
+    image = dilate(image, covered, cfg.padding * 2)
     tm.texture = image
     seconds["blend"] = time.perf_counter() - t
     seconds = {k: round(v, 2) for k, v in seconds.items()}
