@@ -6,6 +6,7 @@ import logging
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -70,6 +71,7 @@ class Session:
     device: torch.device
     step: int = 0
     checkpoint: dict | None = None
+    held_out_start: Literal["auto", "own pose", "interpolation"] = "auto"  # see `base_params`
     _held_out_start: dict = field(default_factory=dict)  # (frame, step) → index of the chosen start
 
     def fit_frame_pose(self, i: int, steps: int = 40, rays: int = 1024, lr: float = 5e-3) -> None:
@@ -148,6 +150,7 @@ class Session:
           independent per frame: the neighbours' refinements have removed them);
         - the frame's own fitted pose plus the neighbours' refinement (right when the neighbours are far
           apart in time, as in a sparsely sampled real clip, where interpolated arms are somewhere else).
+        `held_out_start` forces one of them ("own pose" or "interpolation"; for comparisons).
         """
         train = self.project.train_frames
         if not train or i in train:
@@ -167,8 +170,8 @@ class Session:
         candidates = [(pose + d_pose, orient, transl + d_tr)]
         if len(near) == 2:  # small angles: axis-angles blend linearly
             candidates.append(tuple(w[0] * x + w[1] * y for x, y in zip(self.refined_params(lo), self.refined_params(hi))))
-        if len(candidates) == 1:
-            return candidates[0]
+        if len(candidates) == 1 or self.held_out_start != "auto":
+            return candidates[-1 if self.held_out_start == "interpolation" else 0]
         key = (i, self.step)
         if key not in self._held_out_start:
             costs = [self._pose_cost(i, c) for c in candidates]
