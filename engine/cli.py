@@ -186,9 +186,11 @@ def _format_metrics(metrics: dict) -> str:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from engine.evaluation import EvalConfig, evaluate_job
 
-    report = drive(evaluate_job(args.project, EvalConfig(body_model_dir=args.body_model_dir, method=args.method), cancel=args.cancel),
-                   args.quiet)
+    cfg = EvalConfig(body_model_dir=args.body_model_dir, method=args.method, textured=not args.no_textured)
+    report = drive(evaluate_job(args.project, cfg, cancel=args.cancel), args.quiet)
     log.info("%s on %d held-out frames:\n%s", report["method"], len(report["frames"]), _format_metrics(report["metrics"]))
+    if "textured" in report:
+        log.info("textured mesh:\n%s", _format_metrics(report["textured"]))
     if args.json:
         _write_json(args.json, report)
         log.info("report written to %s", args.json)
@@ -402,6 +404,8 @@ def _eval_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--json", metavar="OUT.json", help="write the full report here")
     e.add_argument("--method", choices=choices(EvalConfig, "method"), default="auto",
                    help=_doc(EvalConfig, "method") + "; default auto")
+    e.add_argument("--no-textured", action="store_true",
+                   help="score only the neural render (by default the textured mesh too, baking a texture if needed)")
     e.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
 
 
