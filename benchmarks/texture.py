@@ -95,7 +95,7 @@ def bench_project(root: Path, size: int, figure: list | None) -> dict:
     tm, report = _drain(bake_session(session, BakeConfig(size=size)))
     bake_s = time.perf_counter() - t0
     save_textured(texture_dir(root), tm, report)
-    tm_noreg, _ = _drain(bake_session(session, BakeConfig(size=size, register=False)))
+    tm_noreg, _ = _drain(bake_session(session, BakeConfig(size=size, register=False), atlas=tm))
     weights = session.mesh_weights(Mesh(tm.vertices, tm.faces))
     train = project.train_frames[:: max(1, len(project.train_frames) // 6)][:6]
     held = project.held_out

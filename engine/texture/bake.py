@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Generator, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -226,24 +226,30 @@ def bake_views(tm: TexturedMesh, texels: _Texels, posed: dict[int, np.ndarray], 
     return color, support, samples, shifts
 
 
-def bake_session(session: Session, cfg: BakeConfig, cancel: CancelToken | None = None
-                 ) -> Generator[Event, None, tuple[TexturedMesh, dict]]:
-    """Bakes the session's avatar; yields progress, returns the textured mesh and a report."""
+def bake_session(session: Session, cfg: BakeConfig, cancel: CancelToken | None = None,
+                 atlas: TexturedMesh | None = None) -> Generator[Event, None, tuple[TexturedMesh, dict]]:
+    """Bakes the session's avatar; yields progress, returns the textured mesh and a report. `atlas`: a
+    charted mesh of this avatar to fill again (else the canonical mesh is extracted and charted)."""
     cancel = cancel or CancelToken()
     cfg.validate()
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     project = session.project
     frames = project.train_frames or list(range(project.num_frames))
-    yield Progress("bake: mesh", 0, 1)
-    mesh = session.canonical_mesh(cfg.resolution)
-    seconds["mesh"] = time.perf_counter() - t0
-    cancel.check()
-    yield Progress("bake: atlas", 0, 1)
+    if atlas is None:
+        yield Progress("bake: mesh", 0, 1)
+        mesh = session.canonical_mesh(cfg.resolution)
+        seconds["mesh"] = time.perf_counter() - t0
+        cancel.check()
+        yield Progress("bake: atlas", 0, 1)
+        t = time.perf_counter()
+        tm = uv_atlas(Mesh(mesh.vertices, mesh.faces, normals=mesh.normals), cfg.size, cfg.padding)
+        seconds["atlas"] = time.perf_counter() - t
+    else:
+        tm = replace(atlas, texture=np.zeros((cfg.size, cfg.size, 3), np.float32))
     t = time.perf_counter()
-    tm = uv_atlas(Mesh(mesh.vertices, mesh.faces, normals=mesh.normals), cfg.size, cfg.padding)
     texels = atlas_texels(tm)
-    seconds["atlas"] = time.perf_counter() - t
+    seconds["texels"] = time.perf_counter() - t
     log.info("atlas: %d faces, %d texels of %d² (%.0f%%)", tm.num_faces, len(texels.rows), cfg.size,
              100 * len(texels.rows) / cfg.size**2)
 
