@@ -79,11 +79,15 @@ def read_views(project: Project, frames: list[int], boxes: dict[int, tuple[np.nd
     from: "video" (the source at its own resolution) or "frames" (the working frames; also when the
     source is gone or unreadable, which is logged)."""
     path = source_video(project) if use_source else None
+    src = project.meta.get("source") or {}
     if use_source and path is None:
-        log.warning("the source video of %s is gone (or was not a video): baking from the working frames "
-                    "(less texture detail)", project.root)
+        if src.get("type") == "video":
+            log.warning("the source video %s is gone: baking from the working frames (less texture detail)",
+                        src.get("path"))
+        else:
+            log.info("%s has no source video (%s): baking from its working frames", project.root,
+                     src.get("type", "unknown source"))
     if path is not None:
-        src = project.meta["source"]
         indices = [int(src["frame_indices"][i]) for i in frames]
         try:
             reader = FrameReader(path, DecodeConfig(size=4096, sharpness_window=0, max_frames=5000), indices=indices)
