@@ -275,12 +275,10 @@ def _cmd_prior_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from engine.export import ExportConfig, export_job
-    from engine.mesh import FORMATS, TEXTURED_FORMATS
+    from engine.export import EXPORT_FORMATS, ExportConfig, export_job
 
     if (args.out is None) == (args.sequence is None):
-        kinds = sorted(set(FORMATS) | set(TEXTURED_FORMATS))
-        raise UserError(f"give either an output file ({', '.join('OUT.' + f for f in kinds)}) or --sequence DIR.")
+        raise UserError(f"give either an output file ({', '.join('OUT.' + f for f in EXPORT_FORMATS)}) or --sequence DIR.")
     if args.sequence is not None and (args.frame is not None or args.canonical):
         raise UserError("--sequence writes every frame posed; leave out --frame and --canonical.")
     if args.canonical and args.frame is not None:
@@ -482,12 +480,11 @@ def _prior_synth_args(sy: argparse.ArgumentParser) -> None:
 
 
 def _export_args(x: argparse.ArgumentParser) -> None:
-    from engine.export import ExportConfig
-    from engine.mesh import FORMATS, TEXTURED_FORMATS
+    from engine.export import EXPORT_FORMATS, ExportConfig
     from engine.mesh.uv import TEXTURE_DEFAULT, TEXTURE_MAX, TEXTURE_MIN
     from engine.settings import choices
 
-    kinds = sorted(set(FORMATS) | set(TEXTURED_FORMATS))
+    kinds = EXPORT_FORMATS
     _add_project_arg(x)
     x.add_argument("out", metavar="|".join(f"OUT.{f}" for f in kinds), nargs="?",
                    help="output file (.glb is always textured)")

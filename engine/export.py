@@ -25,6 +25,9 @@ from engine.refine.session import Session, open_session
 from engine.settings import check_choices, one_of
 from engine.texture import BakeConfig, bake_session, load_bake, posed_textured, texture_dir
 
+# Every format `export` writes: untextured (obj, ply) and textured (obj, glb).
+EXPORT_FORMATS: tuple[str, ...] = tuple(sorted(set(FORMATS) | set(TEXTURED_FORMATS)))
+
 
 @dataclass(frozen=True)
 class ExportConfig:

@@ -115,14 +115,14 @@ def _option(parser: argparse.ArgumentParser, *commands: str, flag: str) -> argpa
 def test_option_choices_come_from_the_declarations():
     from engine.cli import build_parser
     from engine.evaluation import EvalConfig
-    from engine.mesh import FORMATS
+    from engine.export import EXPORT_FORMATS, ExportConfig
     from engine.preprocess.job import PreprocessConfig
     from engine.prior.train import PriorConfig
     from engine.refine.config import PriorMode, RefineConfig, load_preset
-    from engine.export import ExportConfig
     from engine.settings import Device, choices
     from engine.synth.garments import GARMENTS
     from engine.synth.motion import MOTIONS
+    from engine.texture import BakeConfig
 
     p = build_parser()
     expected = {
@@ -138,7 +138,8 @@ def test_option_choices_come_from_the_declarations():
         ("preprocess", "--device"): choices(PreprocessConfig, "device"),
         ("eval", "--method"): choices(EvalConfig, "method"),
         ("export", "--up"): choices(ExportConfig, "up"),
-        ("export", "--format"): FORMATS,
+        ("export", "--format"): EXPORT_FORMATS,
+        ("bake", "--source"): choices(BakeConfig, "source"),
         ("synth", "--motion"): MOTIONS,
         ("synth", "--garment"): GARMENTS,
     }
