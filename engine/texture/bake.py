@@ -92,8 +92,10 @@ class _Texels:
     corners: np.ndarray
 
     def points(self, vertices: np.ndarray) -> np.ndarray:
-        v = vertices[self.corners]  # [T, 3, 3]
-        return np.einsum("tk,tkc->tc", self.bary, v, optimize=True).astype(np.float32)
+        v = torch.as_tensor(np.asarray(vertices, np.float32))
+        b = torch.as_tensor(self.bary)
+        c = torch.as_tensor(self.corners)
+        return (v[c[:, 0]] * b[:, :1] + v[c[:, 1]] * b[:, 1:2] + v[c[:, 2]] * b[:, 2:]).numpy()
 
 
 def _face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:

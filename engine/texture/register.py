@@ -33,6 +33,7 @@ def register_frame(s: FrameSamples, mean: np.ndarray, parts: np.ndarray, working
     scale = float(view.camera.K[0, 0]) / working_focal
     blurred = cv2.GaussianBlur(view.image, (0, 0), BLUR_PX * scale)
     gy, gx = np.gradient(blurred, axis=(0, 1))
+    stack = np.ascontiguousarray(np.concatenate([blurred, gx, gy], axis=2))  # one lookup per iteration
     num = int(parts.max()) + 1
     shift = np.zeros((num, 2))
     limit = MAX_SHIFT_PX * scale
@@ -43,9 +44,8 @@ def register_frame(s: FrameSamples, mean: np.ndarray, parts: np.ndarray, working
     sub = slice(None, None, max(1, len(s.texels) // SOLVE_SAMPLES))
     target, lab, p, wt = mean[s.texels[sub]], parts[s.texels[sub]], px[sub], s.weights[sub]
     for _ in range(ITERATIONS):
-        uv = _uv(p + shift[lab], h, w)
-        r = sample_texture(blurred, uv) - target  # [n, 3]
-        jx, jy = sample_texture(gx, uv), sample_texture(gy, uv)
+        got = sample_texture(stack, _uv(p + shift[lab], h, w))
+        r, jx, jy = got[:, :3] - target, got[:, 3:6], got[:, 6:]  # residual [n, 3] and its x, y gradients
         wr = wt / (1.0 + (r**2).sum(1) / CAUCHY_SCALE**2)
         hxx = np.bincount(lab, wr * (jx * jx).sum(1), minlength=num)
         hxy = np.bincount(lab, wr * (jx * jy).sum(1), minlength=num)
