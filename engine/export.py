@@ -93,8 +93,12 @@ def export_job(project_dir: str | Path, out: str | Path, cfg: ExportConfig = Exp
     session = open_session(project_dir, None, device, body_model_dir, require_checkpoint=True)
     n = session.project.num_frames
     cfg.validate(n)
-    if not sequence and out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it.")
+    if not sequence and not overwrite:
+        # A textured OBJ also writes its material and image beside it.
+        beside = [out.with_suffix(".mtl"), out.with_suffix(".png")] if textured and suffix == "obj" else []
+        clash = next((p for p in [out, *beside] if p.exists()), None)
+        if clash is not None:
+            raise UserError(f"{clash} exists; pass --overwrite to replace it.")
     if textured:
         yield from _export_textured(session, out, cfg, sequence, suffix, overwrite, cancel)
         return
