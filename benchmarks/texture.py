@@ -124,6 +124,11 @@ def bench_project(root: Path, size: int, figure: list | None, held_frames: int, 
     return row
 
 
+def _name(root: str) -> str:
+    p = Path(root)
+    return p.parent.name if p.name == "project" else p.name  # a synth folder's project: the scene's name
+
+
 def _table(rows: list[dict]) -> str:
     head = ("| project | bake s | source | mesh∩render IoU (train / held-out) | mesh∩mask IoU | render∩mask IoU | "
             "neural m_psnr / m_ssim | textured m_psnr / m_ssim | inside: neural → textured | no registration | "
@@ -132,7 +137,7 @@ def _table(rows: list[dict]) -> str:
     for r in rows:
         h, a, b, i0 = r["held_out"], r["agreement_train"], r["agreement_held_out"], r["held_out_interpolation_start"]
         lines.append(
-            f"| {Path(r['project']).name} | {r['bake_seconds']} | {r['bake_source']} | {a['mesh_vs_render']:.3f} / "
+            f"| {_name(r['project'])} | {r['bake_seconds']} | {r['bake_source']} | {a['mesh_vs_render']:.3f} / "
             f"{b['mesh_vs_render']:.3f} | {b['mesh_vs_mask']:.3f} | {b['render_vs_mask']:.3f} | "
             f"{h['neural_m_psnr']:.2f} / {h['neural_m_ssim']:.3f} | {h['textured_m_psnr']:.2f} / {h['textured_m_ssim']:.3f} | "
             f"{h['textured_inside_neural_m_psnr']:.2f} → {h['textured_inside_m_psnr']:.2f} | "
