@@ -18,12 +18,12 @@ import trimesh
 
 from engine.errors import UserError
 from engine.evaluation import EvalConfig, evaluate_job, live_frames, live_scores
+from engine.export import ExportConfig, export_job
 from engine.geometry.camera import pixel_rays
 from engine.jobs import Cancelled, CancelToken, Losses, MeshReady, Preview, run_job
 from engine.metrics import m_psnr, psnr
 from engine.refine.checkpoint import checkpoint_path
 from engine.refine.config import load_preset
-from engine.export import ExportConfig, export_job
 from engine.refine.loop import FitBudget, fit_job
 from engine.refine.raymarch import render_rays
 from engine.refine.session import open_session
