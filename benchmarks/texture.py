@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import machine
+from engine.jobs.events import run_stage
 from engine.mesh import Mesh
 from engine.mesh.textured import save_textured
 from engine.metrics import iou, m_psnr, m_ssim
@@ -33,14 +34,6 @@ from engine.refine.session import open_session
 from engine.texture import BakeConfig, bake_session, load_bake, render_textured, texture_dir
 
 log = logging.getLogger("benchmarks.texture")
-
-
-def _drain(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as e:
-        return e.value
 
 
 def _mean(rows: list[dict], key: str) -> float | None:
@@ -97,12 +90,12 @@ def bench_project(root: Path, size: int, figure: list | None, held_frames: int, 
         bake_s = report["seconds"]["total"]
     else:
         t0 = time.perf_counter()
-        tm, report = _drain(bake_session(session, BakeConfig(size=size)))
+        tm, report = run_stage(bake_session(session, BakeConfig(size=size)))
         bake_s = time.perf_counter() - t0
         save_textured(texture_dir(root), tm, report)
     baked = {"textured": tm}
     if ablation:
-        baked["no_registration"] = _drain(bake_session(session, BakeConfig(size=size, register=False), atlas=tm))[0]
+        baked["no_registration"] = run_stage(bake_session(session, BakeConfig(size=size, register=False), atlas=tm))[0]
     weights = session.mesh_weights(Mesh(tm.vertices, tm.faces))
     train = project.train_frames[:: max(1, len(project.train_frames) // 6)][:6]
     held = project.held_out[:: max(1, len(project.held_out) // held_frames)][:held_frames]

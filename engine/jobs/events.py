@@ -8,7 +8,7 @@ CLI drives it with a progress bar, the GUI from a QThread; both see the same eve
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 
@@ -71,6 +71,15 @@ def run_job(events: Iterator[Event]) -> object:
         if isinstance(ev, Done):
             result = ev.result
     return result
+
+
+def run_stage(events: Generator[Event, None, object]) -> object:
+    """Drains a job stage that returns its outcome (`yield from`-style, e.g. `bake_session`); returns it."""
+    try:
+        while True:
+            next(events)
+    except StopIteration as stop:
+        return stop.value
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from engine.export import ExportConfig, export_job
 from engine.geometry.camera import Camera
 from engine.io.video import Mp4Writer
 from engine.jobs import run_job
-from engine.jobs.events import CancelToken
+from engine.jobs.events import CancelToken, run_stage
 from engine.mesh import Mesh
 from engine.mesh.uv import uv_atlas
 from engine.project import Project
@@ -26,15 +26,6 @@ from engine.synth.ground_truth import GroundTruth
 from engine.texture import BakeConfig, bake_job, load_bake
 from engine.texture.bake import atlas_texels, bake_views, frame_samples
 from engine.texture.sources import SourceView, read_views
-
-
-def _drain(gen):
-    """Runs a generator of events to its return value."""
-    try:
-        while True:
-            next(gen)
-    except StopIteration as e:
-        return e.value
 
 
 def _truth(tm, texels, colors: np.ndarray) -> np.ndarray:
@@ -61,7 +52,7 @@ def test_baking_the_true_mesh_with_the_true_poses_reproduces_its_colours(small_s
         r = render_mesh(gt.posed_vertices(i), gt.faces, gt.colors, cams[i], supersample=1, shaded=False)
         views.append(SourceView(i, r.rgb, r.mask, cams[i], 0, 0))
     focal = {i: float(cams[i].K[0, 0]) for i in frames}
-    color, support, samples, _ = _drain(bake_views(tm, texels, posed, iter(views), focal, None, CancelToken()))
+    color, support, samples, _ = run_stage(bake_views(tm, texels, posed, iter(views), focal, None, CancelToken()))
     seen = support > 0
     assert seen.mean() > 0.8  # a turning body: most of the surface is seen by some frame
     err = np.abs(color[seen] - _truth(tm, texels, gt.colors)[seen]).max(1)
