@@ -40,12 +40,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("project",),  # the project folder: the one format every stage reads and writes
     ("fields", "render", "metrics", "mesh"),  # encodings and body SDF; ray casting and volume
     #                  compositing; metrics; marching cubes, posing and writing meshes
+    ("rig",),  # rigged avatars: skeleton, skin weights, motion, the glTF binary
     ("synth",),  # synthetic scenes with exact ground truth
     ("preprocess",),  # video → project (decode, person, body fit, overlay)
     ("refine",),  # the avatar, its renders, losses, steps, fit/export jobs, checkpoints, prior files
     ("texture",),  # `bake`: UV textures of the fitted avatar from the video's pixels
     ("evaluation", "export"),  # engine/evaluation.py: `eval`, live held-out scores; engine/export.py: `export`
-    ("prior",),  # `prior train`: the human fields over many videos
+    ("prior", "preview"),  # `prior train`: the human fields over many videos; `render`: motion/turntable videos
     ("cli",),  # engine/cli.py: the headless command line
     ("app", "benchmarks"),  # the desktop app; the benchmarks
     ("main",),  # main.py: CLI or app

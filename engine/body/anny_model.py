@@ -60,6 +60,7 @@ class AnnyBody(BodyModel):
             self._m = anny.Anny(skinning_method="lbs").to(torch.float32)
         self._m.requires_grad_(False)
         self.bone_names = list(self._m.bone_labels)
+        self.bone_parents = [int(j) for j in self._m.bone_parents]
         self.faces = self._m.get_triangular_faces().cpu().numpy().astype(np.int64)
         self.skin_weights = self._m.dense_vertex_bone_weights.float()
         reg = anny.KeypointsRegressor.coco(self._m)
@@ -86,6 +87,9 @@ class AnnyBody(BodyModel):
 
     def _rest(self, shape: torch.Tensor) -> torch.Tensor:
         return self._rest_model(shape)["rest_vertices"][0] @ self._c.T
+
+    def bone_heads(self, shape: torch.Tensor) -> torch.Tensor:
+        return self._rest_model(shape)["rest_bone_heads"][0] @ self._c.T
 
     def _bone_transforms(self, shape: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
         n = pose.shape[0]

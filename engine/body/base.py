@@ -60,6 +60,7 @@ class BodyModel:
 
     name: str
     bone_names: list[str]
+    bone_parents: list[int]  # [J] index of each bone's parent (-1: a root); parents come before children
     faces: np.ndarray  # [F, 3] int64
     skin_weights: torch.Tensor  # [V, J] dense, rows sum to 1
     keypoint_regressor: torch.Tensor  # [K, V] keypoints = regressor @ vertices
@@ -74,6 +75,10 @@ class BodyModel:
 
     def _bone_transforms(self, shape: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
         """Rest → posed bone transforms [N, J, 4, 4] (body frame, no global placement)."""
+        raise NotImplementedError
+
+    def bone_heads(self, shape: torch.Tensor) -> torch.Tensor:
+        """Rest-space position of every bone's joint (its head) [J, 3], for shape [S]."""
         raise NotImplementedError
 
     def local_rotvec(self, rotvec_yup: torch.Tensor) -> torch.Tensor:
@@ -116,6 +121,10 @@ class BodyModel:
         tf = self._bone_transforms(params.shape, params.pose)
         g = self.global_transform(params.global_orient, params.transl)
         return g[:, None] @ tf
+
+    def body_transforms(self, shape: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """Rest → posed bone transforms [N, J, 4, 4] of poses [N, J, 3] in the body frame (no global placement)."""
+        return self._bone_transforms(shape, pose)
 
     def star_transforms(self, shape: torch.Tensor) -> torch.Tensor:
         """Rest → canonical (star pose) transforms [J, 4, 4]."""

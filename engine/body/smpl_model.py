@@ -81,6 +81,7 @@ class SmplBody(BodyModel):
         self.shapedirs = m.shapedirs.float()  # [V, 3, S]
         self.J_regressor = m.J_regressor.float()  # [J, V]
         self.parents = m.parents.long()
+        self.bone_parents = [int(j) for j in self.parents]
         self.skin_weights = m.lbs_weights.float()
         self.faces = np.asarray(m.faces, dtype=np.int64)
         self.shape_dim = int(self.shapedirs.shape[-1])
@@ -102,6 +103,9 @@ class SmplBody(BodyModel):
 
     def _rest(self, shape: torch.Tensor) -> torch.Tensor:
         return self.v_template + torch.einsum("vds,s->vd", self.shapedirs, shape.float())
+
+    def bone_heads(self, shape: torch.Tensor) -> torch.Tensor:
+        return self.J_regressor @ self._rest(shape)
 
     def _bone_transforms(self, shape: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
         from smplx.lbs import batch_rigid_transform

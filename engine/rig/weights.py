@@ -1,0 +1,169 @@
+"""Skin weights of a clothed mesh, transferred from the body: the weights of the nearest point of the body's
+surface, smoothed over the mesh where the clothing leaves the body, at most 4 influences per vertex.
+
+Near the body a vertex keeps the body's weights. Farther out (a skirt between the legs, a loose sleeve) the
+nearest body point says little: half a skirt's front is nearest the left leg, half the right one, and
+with those weights it would split along the middle when the legs part. There the weights are smoothed over
+the clothed mesh itself: they minimise
+
+    Σ_i a_i ‖w_i − w⁰_i‖² + λ Σ_(i,k) ∈ edges ‖w_i − w_k‖²
+
+where w⁰ are the transferred weights and the anchor a_i falls from 1 (on the body) to `floor` (`far` from
+it), so far vertices take the weights the mesh around them carries (the waist's and both legs' for a
+skirt). The minimiser solves one sparse linear system (diag(a) + λL) w = diag(a) w⁰ with the mesh's graph
+Laplacian L; its matrix is an M-matrix, so the weights stay non-negative and, as every row of w⁰ sums to
+1, so do theirs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import factorized
+
+MAX_INFLUENCES = 4  # glTF's JOINTS_0 / WEIGHTS_0 carry four per vertex
+
+
+@dataclass(frozen=True)
+class WeightConfig:
+    """How skin weights are transferred to the clothed mesh."""
+
+    near: float = 0.02
+    """Vertices closer to the body than this (metres) keep the body's weights."""
+    far: float = 0.06
+    """Vertices this far from the body (metres) or farther take their weights from the mesh around them."""
+    smooth: float = 1.0
+    """λ: how strongly weights are smoothed over the mesh's edges (0: the nearest body point's weights)."""
+    floor: float = 1e-3
+    """Anchor of the farthest vertices (relative to the body's 1)."""
+
+
+def nearest_surface_weights(points: np.ndarray, body_vertices: np.ndarray, body_faces: np.ndarray,
+                            body_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weights of the nearest point of the body's surface (barycentric blend of its triangle's corners).
+
+    Args:
+        points: [P, 3]; body_vertices: [Vb, 3] in the same space; body_faces: [Fb, 3];
+        body_weights: [Vb, B] rows summing to 1.
+
+    Returns:
+        weights [P, B] and the distance to the body's surface [P].
+    """
+    import open3d as o3d  # costly import: only here
+
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(np.asarray(body_vertices, np.float32)),
+                        o3d.core.Tensor(np.asarray(body_faces, np.uint32)))
+    got = scene.compute_closest_points(o3d.core.Tensor(np.asarray(points, np.float32)))
+    closest = got["points"].numpy().astype(np.float64)
+    tri = np.asarray(body_faces)[got["primitive_ids"].numpy().astype(np.int64)]  # [P, 3]
+    bary = barycentric(closest, *(np.asarray(body_vertices, np.float64)[tri[:, k]] for k in range(3)))
+    weights = np.einsum("pk,pkb->pb", bary, np.asarray(body_weights, np.float64)[tri])
+    return weights, np.linalg.norm(np.asarray(points, np.float64) - closest, axis=1)
+
+
+def barycentric(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Barycentric coordinates [P, 3] of points p [P, 3] in triangles (a, b, c) [P, 3] each, clipped to the
+    triangle (for points on it, as closest points are)."""
+    v0, v1, v2 = b - a, c - a, p - a
+    d00, d01, d11 = (v0 * v0).sum(1), (v0 * v1).sum(1), (v1 * v1).sum(1)
+    d20, d21 = (v2 * v0).sum(1), (v2 * v1).sum(1)
+    den = d00 * d11 - d01 * d01
+    den = np.where(np.abs(den) > 1e-20, den, 1.0)  # a degenerate triangle: all weight to its first corner
+    v = (d11 * d20 - d01 * d21) / den
+    w = (d00 * d21 - d01 * d20) / den
+    out = np.clip(np.stack([1.0 - v - w, v, w], axis=1), 0.0, 1.0)
+    return out / out.sum(1, keepdims=True)
+
+
+def anchors(distance: np.ndarray, cfg: WeightConfig) -> np.ndarray:
+    """How strongly each vertex keeps its transferred weights [V]: 1 within `near`, `floor` beyond `far`,
+    a smoothstep between."""
+    t = np.clip((distance - cfg.near) / max(cfg.far - cfg.near, 1e-9), 0.0, 1.0)
+    s = t * t * (3.0 - 2.0 * t)
+    return 1.0 - (1.0 - cfg.floor) * s
+
+
+def graph_laplacian(num_vertices: int, faces: np.ndarray) -> sp.csr_matrix:
+    """The uniform graph Laplacian [V, V] of a triangle mesh's edges (degree on the diagonal, -1 per edge)."""
+    f = np.asarray(faces, np.int64)
+    e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    e = np.unique(np.sort(e, axis=1), axis=0)
+    e = e[e[:, 0] != e[:, 1]]
+    adj = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(num_vertices, num_vertices))
+    adj = (adj + adj.T).tocsr()
+    return (sp.diags(np.asarray(adj.sum(1)).ravel()) - adj).tocsr()
+
+
+def smooth_weights(weights: np.ndarray, distance: np.ndarray, faces: np.ndarray, cfg: WeightConfig) -> np.ndarray:
+    """Smooths transferred weights [V, B] over the mesh where it leaves the body (the module's energy).
+
+    Args:
+        weights: [V, B] transferred weights, rows summing to 1.
+        distance: [V] distance of each vertex to the body.
+        faces: [F, 3] the mesh's triangles (vertices welded: a seam must not cut the graph).
+        cfg: the anchor distances and the smoothing strength.
+
+    Returns:
+        [V, B] smoothed weights, non-negative, rows summing to 1.
+    """
+    if cfg.smooth <= 0:
+        return np.asarray(weights, np.float64)
+    a = anchors(distance, cfg)
+    system = (sp.diags(a) + cfg.smooth * graph_laplacian(len(weights), faces)).tocsc()
+    solve = factorized(system)
+    rhs = a[:, None] * np.asarray(weights, np.float64)
+    out = np.stack([solve(rhs[:, b]) for b in range(rhs.shape[1])], axis=1)
+    out = np.clip(out, 0.0, None)  # round-off only
+    return out / np.maximum(out.sum(1, keepdims=True), 1e-12)
+
+
+def limit_influences(weights: np.ndarray, k: int = MAX_INFLUENCES) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest weights of every vertex, renormalised to sum 1.
+
+    Args:
+        weights: [V, B] non-negative, every row with some weight.
+
+    Returns:
+        joints [V, k] int64 (largest first; unused slots point at bone 0 with weight 0) and weights
+        [V, k] float32 summing to 1.
+    """
+    w = np.asarray(weights, np.float64)
+    k_eff = min(k, w.shape[1])
+    idx = np.argsort(-w, axis=1, kind="stable")[:, :k_eff]
+    top = np.take_along_axis(w, idx, axis=1)
+    top /= top.sum(1, keepdims=True)
+    joints = np.zeros((len(w), k), np.int64)
+    out = np.zeros((len(w), k), np.float64)
+    joints[:, :k_eff], out[:, :k_eff] = idx, top
+    joints[out == 0] = 0
+    out32 = out.astype(np.float32)
+    # float32 rounding: put the remainder on the largest weight so each row sums to 1 in float32 too.
+    out32[:, 0] += np.float32(1.0) - out32.sum(1, dtype=np.float32)
+    return joints, out32
+
+
+def transfer_weights(vertices: np.ndarray, faces: np.ndarray, weld: np.ndarray | None, body_vertices: np.ndarray,
+                     body_faces: np.ndarray, body_weights: np.ndarray, cfg: WeightConfig = WeightConfig()
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Skin weights of a clothed mesh from the body, in the same (canonical) space.
+
+    Args:
+        vertices: [V, 3] the clothed mesh; faces: [F, 3].
+        weld: [V] an id per vertex, equal for copies of one point (a UV atlas splits vertices at seams:
+            `TexturedMesh.source_vertex`), or None when no vertex is repeated.
+        body_vertices: [Vb, 3]; body_faces: [Fb, 3]; body_weights: [Vb, B] (e.g. merged onto a skeleton).
+        cfg: transfer settings.
+
+    Returns:
+        joints [V, 4] and weights [V, 4] (`limit_influences`).
+    """
+    vertices = np.asarray(vertices, np.float64)
+    if weld is None:
+        weld = np.arange(len(vertices))
+    ids, first, inverse = np.unique(np.asarray(weld), return_index=True, return_inverse=True)
+    w0, d = nearest_surface_weights(vertices[first], body_vertices, body_faces, body_weights)
+    w = smooth_weights(w0, d, inverse[np.asarray(faces, np.int64)], cfg)
+    return limit_influences(w[inverse])
