@@ -277,6 +277,12 @@ def _cmd_prior_synth(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from engine.export import EXPORT_FORMATS, ExportConfig, export_job
 
+    if args.rigged:
+        return _export_rigged(args)
+    rig_only = [o for o, v in (("--rest", args.rest), ("--no-animation", args.no_animation), ("--fps", args.fps))
+                if v not in (None, False)]
+    if rig_only:
+        raise UserError(f"{rig_only[0]} is an option of the rigged export: add --rigged.")
     if (args.out is None) == (args.sequence is None):
         raise UserError(f"give either an output file ({', '.join('OUT.' + f for f in EXPORT_FORMATS)}) or --sequence DIR.")
     if args.sequence is not None and (args.frame is not None or args.canonical):
@@ -290,6 +296,41 @@ def _cmd_export(args: argparse.Namespace) -> int:
                               cancel=args.cancel), args.quiet)
     log.info("wrote %d file(s), %d triangles each: %s", len(result["files"]), result["faces"],
              result["files"][0] if len(result["files"]) == 1 else Path(result["files"][0]).parent)
+    return 0
+
+
+def _export_rigged(args: argparse.Namespace) -> int:
+    from engine.export import RigConfig, rigged_job
+
+    if args.out is None or args.sequence is not None:
+        raise UserError("--rigged writes one file: give OUT.glb (the motion is its animation; no --sequence).")
+    clash = [o for o, v in (("--frame", args.frame), ("--canonical", args.canonical), ("--faces", args.faces))
+             if v not in (None, False)]
+    if clash:
+        raise UserError(f"{clash[0]} does not apply to --rigged (the mesh is in its bind pose, --rest; its frames "
+                        "are the animation).")
+    if args.up != "y":
+        raise UserError("--rigged writes glTF, which is Y-up by definition (importers convert): leave out --up.")
+    cfg = RigConfig(resolution=args.resolution, texture=args.texture, rest=args.rest or "canonical",
+                    animation=not args.no_animation, fps=args.fps)
+    r = drive(rigged_job(args.project, args.out, cfg, overwrite=args.overwrite, device=args.device,
+                         body_model_dir=args.body_model_dir, cancel=args.cancel), args.quiet)
+    motion = f"{r['frames']} frames at {r['fps']:g} fps" if r["frames"] else "no animation"
+    log.info("wrote %s: %d bones, %d triangles, %s, %s", r["files"][0], r["bones"], r["faces"],
+             f"{r['texture']} px texture" if r["texture"] else "vertex colours", motion)
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from engine.export import RigConfig
+    from engine.preview import PreviewConfig, preview_job
+
+    rig = RigConfig(resolution=args.resolution, texture=args.texture, rest=args.rest)
+    cfg = PreviewConfig(mode="turntable" if args.turntable else "motion", size=args.size, fps=args.fps,
+                        turn_frames=args.turn_frames, rig=rig)
+    r = drive(preview_job(args.project, args.video, cfg, overwrite=args.overwrite, device=args.device,
+                          body_model_dir=args.body_model_dir, cancel=args.cancel), args.quiet)
+    log.info("wrote %s: %s, %d frames at %g fps", r["files"][0], r["mode"], r["frames"], r["fps"])
     return 0
 
 
@@ -480,7 +521,7 @@ def _prior_synth_args(sy: argparse.ArgumentParser) -> None:
 
 
 def _export_args(x: argparse.ArgumentParser) -> None:
-    from engine.export import EXPORT_FORMATS, ExportConfig
+    from engine.export import EXPORT_FORMATS, ExportConfig, RigConfig
     from engine.mesh.uv import TEXTURE_DEFAULT, TEXTURE_MAX, TEXTURE_MIN
     from engine.settings import choices
 
@@ -499,9 +540,40 @@ def _export_args(x: argparse.ArgumentParser) -> None:
     x.add_argument("--resolution", type=_positive_int, default=256, help="marching-cubes resolution (default 256)")
     x.add_argument("--faces", type=_positive_int, help="decimate to at most this many triangles")
     x.add_argument("--up", choices=choices(ExportConfig, "up"), default="y", help=_doc(ExportConfig, "up") + "; default y")
+    x.add_argument("--rigged", action="store_true",
+                   help="write OUT.glb rigged: the body's skeleton, skin weights, the texture (the project's bake; "
+                   "vertex colours without one) and the video's motion as an animation")
+    x.add_argument("--rest", choices=choices(RigConfig, "rest"), help=_doc(RigConfig, "rest") + "; default canonical")
+    x.add_argument("--no-animation", action="store_true", help="with --rigged: the rig without the video's motion")
+    x.add_argument("--fps", type=_nonneg_float, help="with --rigged: " + _doc(RigConfig, "fps"))
     x.add_argument("--overwrite", action="store_true", help="replace existing files")
     _add_device_arg(x)
     x.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
+
+
+def _render_args(r: argparse.ArgumentParser) -> None:
+    from engine.export import RigConfig
+    from engine.mesh.uv import TEXTURE_MAX, TEXTURE_MIN
+    from engine.preview import PreviewConfig
+    from engine.settings import choices
+
+    _add_project_arg(r)
+    r.add_argument("--video", required=True, metavar="OUT.mp4", help="the video to write")
+    r.add_argument("--turntable", action="store_true", help="one turn around the avatar in its bind pose instead of "
+                   "the motion")
+    r.add_argument("--size", type=_positive_int, default=512, help=_doc(PreviewConfig, "size") + "; default 512")
+    r.add_argument("--fps", type=_nonneg_float, help=_doc(PreviewConfig, "fps"))
+    r.add_argument("--turn-frames", type=_positive_int, default=72, help=_doc(PreviewConfig, "turn_frames") +
+                   "; default 72")
+    r.add_argument("--rest", choices=choices(RigConfig, "rest"), default="canonical",
+                   help=_doc(RigConfig, "rest") + "; default canonical")
+    r.add_argument("--texture", type=int, metavar="SIZE",
+                   help=f"bake a SIZE×SIZE texture ({TEXTURE_MIN}–{TEXTURE_MAX}) when the project has none of this "
+                   "checkpoint (default: the project's bake, else vertex colours)")
+    r.add_argument("--resolution", type=_positive_int, default=256, help="marching-cubes resolution (default 256)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing video")
+    _add_device_arg(r)
+    r.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
 
 
 def _demo_args(d: argparse.ArgumentParser) -> None:
@@ -571,11 +643,12 @@ def build_parser(commands: Collection[str | None] | None = None) -> argparse.Arg
     options("prior", _prior_synth_args, sy)
     sy.set_defaults(func=_cmd_prior_synth)
 
-    x = sub.add_parser("export", help="write the fitted avatar as a mesh (OBJ/PLY, textured OBJ/glTF)",
+    x = sub.add_parser("export", help="write the fitted avatar as a mesh (OBJ/PLY, textured OBJ/glTF, rigged glTF)",
                        description="Marching cubes of the canonical SDF (largest component, at the surface the render "
                        "shows), vertex colours from the colour field or (--texture, .glb) a UV texture baked from the "
                        "video's pixels, normals; canonical (the default), posed into one frame (--frame), or every "
-                       "frame (--sequence).")
+                       "frame (--sequence); or (--rigged OUT.glb) rigged with the body's skeleton and skin weights, animated with the "
+                       "video's motion.")
     options("export", _export_args, x)
     x.set_defaults(func=_cmd_export)
 
@@ -586,6 +659,13 @@ def build_parser(commands: Collection[str | None] | None = None) -> argparse.Arg
                        "PROJECT/texture/; `export --texture`, `eval` and the app use it.")
     options("bake", _bake_args, b)
     b.set_defaults(func=_cmd_bake)
+
+    rd = sub.add_parser("render", help="a video of the rigged avatar: the captured motion or a turntable",
+                        description="Render the rigged, textured avatar (what `export --rigged` writes) into an mp4: "
+                        "through the video's motion, seen from the video's direction, or (--turntable) one turn "
+                        "around its bind pose. The app's turntable draws with the same code.")
+    options("render", _render_args, rd)
+    rd.set_defaults(func=_cmd_render)
 
     d = sub.add_parser("demo", help="headless demo: synthesise a scene, fit an avatar, score and export it",
                        description="Generate a small synthetic scene, score the body-only baseline, fit the "
