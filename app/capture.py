@@ -1,4 +1,5 @@
-"""Pictures of the window: a PNG of any panel, and a turntable video of the shown mesh."""
+"""Pictures of the window: a PNG of any panel, and a turntable video of the shown mesh (drawn by the engine,
+engine/render/turntable.py, as `render --turntable` draws the rigged avatar)."""
 
 from __future__ import annotations
 
@@ -53,26 +54,35 @@ class Capture(QObject):
             self.save_turntable(p)
 
     def save_turntable(self, path: str | Path, frames: int = 72, size: int = 512, fps: float = 24.0) -> bool:
-        """One full turn of the shown mesh as an H.264 mp4 (GL renders here, encoding by the engine)."""
-        from engine.io.video import Mp4Writer
+        """One full turn around the shown mesh as an H.264 mp4, drawn by the engine's turntable renderer (the
+        one `render --turntable` uses: engine/render/turntable.py), encoded by the engine's mp4 writer."""
+        import numpy as np
 
-        mesh_view = self.w.mesh_view
-        if mesh_view.mesh is None:
+        from engine.io.video import Mp4Writer
+        from engine.render.turntable import turntable_frames
+
+        mesh = self.w.mesh_view.mesh
+        if mesh is None:
             return False
+        texture = getattr(mesh, "texture", None)
+        look = {"colors": None if mesh.colors is None else np.asarray(mesh.colors, np.float32)}
+        if texture is not None:
+            tex = np.asarray(texture)
+            look = {"uvs": np.asarray(mesh.uvs, np.float32),
+                    "texture": tex.astype(np.float32) / 255.0 if tex.dtype == np.uint8 else tex.astype(np.float32)}
         path = Path(path)
         tmp = path.with_name(f".{path.name}.part.mp4")
         dlg = QProgressDialog("Rendering the turntable…", "Cancel", 0, frames, self.w)
         dlg.setWindowModality(Qt.WindowModality.WindowModal)
-        view = mesh_view.view
-        start = dict(view.opts)
         try:
             with Mp4Writer(tmp, fps) as writer:
-                for k in range(frames):
-                    if dlg.wasCanceled():
-                        raise InterruptedError
-                    view.setCameraParams(azimuth=start["azimuth"] + 360.0 * k / frames)
-                    writer.write(mesh_view.grab_array(size, size))
+                pictures = turntable_frames(np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces), size, frames,
+                                            cancelled=dlg.wasCanceled, **look)
+                for k, image in enumerate(pictures):
+                    writer.write(image)
                     dlg.setValue(k + 1)
+            if dlg.wasCanceled():
+                raise InterruptedError
             os.replace(tmp, path)
         except InterruptedError:
             tmp.unlink(missing_ok=True)
@@ -82,7 +92,6 @@ class Capture(QObject):
             self.w.show_error("Turntable", f"cannot write {path}: {e.strerror or e}")
             return False
         finally:
-            view.setCameraParams(azimuth=start["azimuth"])
             dlg.close()
         log.info("turntable video saved to %s", path)
         return True

@@ -1,4 +1,5 @@
-"""The export dialog: what mesh to write (the same `ExportConfig` the CLI's `export` builds).
+"""The export dialogs: what mesh to write (the same `ExportConfig` the CLI's `export` builds), and the
+animated avatar (the `RigConfig` of `export --rigged`).
 
 Formats: the vertex-coloured ones (`engine.mesh.FORMATS`) and the textured ones (`TEXTURED_FORMATS`):
 a texture size makes an OBJ an OBJ + MTL + PNG; a GLB always carries its texture; a PLY never does."""
@@ -14,6 +15,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -25,7 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.bake_flow import SIZES
-from engine.export import ExportConfig
+from engine.export import ExportConfig, RigConfig
 from engine.mesh import FORMATS
 from engine.mesh.files import TEXTURED_FORMATS
 from engine.settings import choices, field_docs
@@ -196,3 +198,86 @@ class ExportDialog(QDialog):
                            texture=self._texture_size())
         return ExportRequest(str(Path(self.out.text()).expanduser()), cfg, self._sequence(), self.fmt.currentText(),
                              self.overwrite)
+
+
+@dataclass(frozen=True)
+class RigRequest:
+    """Arguments of one `rigged_job` call."""
+
+    out: str
+    config: RigConfig
+    overwrite: bool = False
+
+
+class RigDialog(QDialog):
+    """Export animated avatar: a rigged glTF binary (skeleton, skin weights, texture, the video's motion)."""
+
+    def __init__(self, default_dir: str, fps: float, has_bake: bool, parent=None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Export animated avatar")
+        docs = field_docs(RigConfig)  # the same text as the CLI's help
+        f = QFormLayout(self)
+        row = QHBoxLayout()
+        self.out = QLineEdit(str(Path(default_dir) / "avatar_rigged.glb"))
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        row.addWidget(self.out)
+        row.addWidget(browse)
+        f.addRow("Save to", row)
+        self.rest = QComboBox()
+        for rest in choices(RigConfig, "rest"):
+            self.rest.addItem(rest, rest)
+        self.rest.setToolTip(docs.get("rest", ""))
+        f.addRow("Bind pose", self.rest)
+        self.animation = QCheckBox("the video's motion")
+        self.animation.setChecked(True)
+        self.animation.setToolTip(docs.get("animation", ""))
+        f.addRow("Animation", self.animation)
+        self.fps = QDoubleSpinBox()
+        self.fps.setRange(1.0, 240.0)
+        self.fps.setDecimals(2)
+        self.fps.setValue(fps)
+        self.fps.setSuffix(" fps")
+        self.fps.setToolTip(docs.get("fps", ""))
+        self.animation.toggled.connect(self.fps.setEnabled)
+        f.addRow("Frame rate", self.fps)
+        self.default_fps = fps
+        self.texture = QComboBox()
+        self.texture.addItem("the project's bake" if has_bake else "vertex colours (no bake yet)", None)
+        for size in SIZES:
+            self.texture.addItem(f"bake {size} × {size}" if not has_bake else f"{size} × {size} (bake again if it "
+                                 "differs)", size)
+        self.texture.setToolTip(docs.get("texture", ""))
+        f.addRow("Texture", self.texture)
+        self.resolution = QSpinBox()
+        self.resolution.setRange(16, 1024)
+        self.resolution.setValue(256)
+        self.resolution.setToolTip(docs.get("resolution", ""))
+        f.addRow("Resolution", self.resolution)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self._accept)
+        buttons.rejected.connect(self.reject)
+        f.addRow(buttons)
+        self.overwrite = False
+
+    def _browse(self) -> None:
+        p, _ = QFileDialog.getSaveFileName(self, "Export animated avatar", self.out.text(), "glTF binary (*.glb)")
+        if p:
+            self.out.setText(p if p.lower().endswith(".glb") else p + ".glb")
+            self.overwrite = True  # the file dialog already asked about replacing it
+
+    def _accept(self) -> None:
+        p = Path(self.out.text()).expanduser()
+        if p.exists() and not self.overwrite:
+            r = QMessageBox.question(self, "Replace?", f"{p} already exists. Replace it?")
+            if r != QMessageBox.StandardButton.Yes:
+                return
+            self.overwrite = True
+        self.accept()
+
+    def request(self) -> RigRequest:
+        fps = self.fps.value()
+        cfg = RigConfig(resolution=self.resolution.value(), texture=self.texture.currentData(),
+                        rest=self.rest.currentData(), animation=self.animation.isChecked(),
+                        fps=None if abs(fps - self.default_fps) < 1e-3 else fps)
+        return RigRequest(str(Path(self.out.text()).expanduser()), cfg, self.overwrite)

@@ -185,6 +185,7 @@ class MainWindow(QMainWindow):
         self.act_demo = self._action(m, "Open the built-in &demo", self.preprocess.open_demo)
         m.addSeparator()
         self.act_export = self._action(m, "&Export mesh…", self.export.show_dialog, "Ctrl+E")
+        self.act_export_rig = self._action(m, "Export &animated avatar…", self.export.show_rig_dialog, "Ctrl+Shift+E")
         self.act_bake = self._action(m, "&Bake texture…", self.bake.show_dialog, "Ctrl+B")
         shots = m.addMenu("Save &screenshot")
         for name in PANELS:

@@ -21,7 +21,7 @@ from engine.body.base import BodyModel
 from engine.geometry.lbs import warp
 from engine.mesh.extract import vertex_normals
 from engine.rig.skeleton import RestPose, Skeleton, build_skeleton, rest_transforms
-from engine.rig.weights import WeightConfig, transfer_weights
+from engine.rig.weights import WeightConfig, dense_weights, transfer_weights
 
 
 @dataclass
@@ -86,7 +86,7 @@ def skin_vertices(vertices: np.ndarray, joints: np.ndarray, weights: np.ndarray,
 
 def build_rig(body: BodyModel, shape: torch.Tensor, vertices: np.ndarray, faces: np.ndarray, weld: np.ndarray | None,
               canonical_body: torch.Tensor, frames: torch.Tensor | None, fps: float, rest: RestPose = "canonical",
-              weight_cfg: WeightConfig = WeightConfig()) -> RiggedAvatar:
+              weight_cfg: WeightConfig | None = None) -> RiggedAvatar:
     """Rigs a canonical (star-pose) mesh with the body's skeleton.
 
     Args:
@@ -96,7 +96,7 @@ def build_rig(body: BodyModel, shape: torch.Tensor, vertices: np.ndarray, faces:
         frames: [K, J, 4, 4] rest → world body transforms of the motion's frames, or None (no motion).
         fps: frames per second of the motion.
         rest: the bind pose.
-        weight_cfg: how weights are transferred.
+        weight_cfg: how weights are transferred (None: the defaults).
 
     Returns:
         The rigged avatar (colours, uvs and texture left for the caller to set).
@@ -107,14 +107,13 @@ def build_rig(body: BodyModel, shape: torch.Tensor, vertices: np.ndarray, faces:
     skeleton = build_skeleton(body, torch.cat(poses))
     body_weights = skeleton.merged_weights(body.skin_weights.numpy())
     joints, weights = transfer_weights(vertices, faces, weld, np.asarray(canonical_body), body.faces, body_weights,
-                                       weight_cfg)
+                                       weight_cfg or WeightConfig())
     bones = torch.as_tensor(skeleton.bones)
     star_k, bind_k = star[bones], bind_tf[bones]  # [B, 4, 4]
     if rest == "canonical":
         bind_vertices = np.asarray(vertices, np.float32)
     else:  # each vertex moved from the star pose to the bind pose with its own four weights
-        dense = np.zeros((len(weights), skeleton.num_bones), np.float64)
-        np.put_along_axis(dense, joints, weights.astype(np.float64), axis=1)
+        dense = dense_weights(joints, weights, skeleton.num_bones)
         with torch.no_grad():
             bind_vertices = warp(torch.as_tensor(np.asarray(vertices, np.float64)), torch.as_tensor(dense), star_k,
                                  bind_k).float().numpy()

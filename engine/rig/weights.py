@@ -145,6 +145,14 @@ def limit_influences(weights: np.ndarray, k: int = MAX_INFLUENCES) -> tuple[np.n
     return joints, out32
 
 
+def dense_weights(joints: np.ndarray, weights: np.ndarray, num_bones: int) -> np.ndarray:
+    """Four influences per vertex (joints [V, 4], weights [V, 4]) → dense weights [V, B] (slots that repeat
+    a bone add up)."""
+    out = np.zeros((len(joints), num_bones), np.float64)
+    np.add.at(out, (np.arange(len(joints))[:, None], np.asarray(joints)), np.asarray(weights, np.float64))
+    return out
+
+
 def transfer_weights(vertices: np.ndarray, faces: np.ndarray, weld: np.ndarray | None, body_vertices: np.ndarray,
                      body_faces: np.ndarray, body_weights: np.ndarray, cfg: WeightConfig = WeightConfig()
                      ) -> tuple[np.ndarray, np.ndarray]:

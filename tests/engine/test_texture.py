@@ -19,8 +19,6 @@ from engine.jobs.events import CancelToken, run_stage
 from engine.mesh import Mesh
 from engine.mesh.uv import uv_atlas
 from engine.project import Project
-from engine.refine.config import load_preset
-from engine.refine.loop import FitBudget, fit_job
 from engine.render.raycast import render_mesh
 from engine.synth.ground_truth import GroundTruth
 from engine.texture import BakeConfig, bake_job, load_bake
@@ -103,16 +101,6 @@ def test_a_texel_hidden_in_a_frame_takes_no_colour_from_it():
     got_back = np.isin(s.texels, np.flatnonzero(back))
     assert got_back.sum() > 1000  # the rest of the blue quad is seen ...
     assert (s.colors[got_back][:, 0] < 0.05).all()  # ... and never takes the red quad's colour
-
-
-@pytest.fixture(scope="module")
-def fitted_tiny(small_scene, tmp_path_factory):
-    """A copy of the small project fitted for a few steps (enough to mesh it)."""
-    root = tmp_path_factory.mktemp("texture")
-    shutil.copytree(small_scene / "project", root / "project")
-    proj = root / "project"
-    run_job(fit_job(proj, load_preset("fast"), FitBudget(iters=30, preview_every=0, checkpoint_every=30)))
-    return proj
 
 
 def test_bake_reads_the_source_video_at_its_own_resolution(fitted_tiny, tmp_path, caplog):
