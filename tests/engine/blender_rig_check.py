@@ -8,7 +8,7 @@ reports the armature's bones, the mesh's vertex groups, the images reachable fro
 and the action's key frames (one line `RESULT {json}`), and writes OUT.npz: `rest` (the mesh's vertices as
 imported, undeformed) and `frame_K` (the evaluated, deformed mesh with the action at the K-th key), both in
 world coordinates converted back to glTF's Y-up axes. With --render, also renders the avatar in two of the
-listed frames and in a pose the clip never had (the left arm raised) to PREFIX_*.png (Eevee, 512 px).
+listed frames and in a pose the clip never had (the left arm raised) to PREFIX_*.png (Cycles on the CPU, 512 px).
 Any failure raises, and Blender then exits with 1.
 """
 
@@ -54,7 +54,7 @@ def images_of(obj) -> list:
 
 
 def render(scene, arm, mesh, path: str) -> None:
-    """An Eevee picture of the avatar from the front, framed on its bounding box."""
+    """A picture of the avatar from the front, framed on its bounding box."""
     import mathutils
 
     pts = world_coords(mesh)  # glTF axes
@@ -78,7 +78,10 @@ def render(scene, arm, mesh, path: str) -> None:
     scene.collection.objects.link(light)
     scene.world = scene.world or bpy.data.worlds.new("world")
     scene.world.color = (0.25, 0.25, 0.28)
-    scene.render.engine = "BLENDER_EEVEE"
+    scene.render.engine = "CYCLES"  # on the CPU: runs headless, without a display or GPU
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = 16
+    scene.cycles.use_denoising = False
     scene.render.resolution_x = scene.render.resolution_y = 512
     scene.render.filepath = path
     bpy.ops.render.render(write_still=True)

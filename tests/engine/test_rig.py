@@ -248,11 +248,16 @@ def test_gltf_structure(rigged, project):
     np.testing.assert_allclose(times, np.arange(10) / fps, atol=1e-6)
     assert all(s["interpolation"] == "LINEAR" for s in anim["samplers"])
 
-    # A second reader: trimesh sees one mesh with the vertices, triangles and vertex colours.
+    # Vertex colours (no bake in this project): COLOR_0, varied.
+    colors = accessor(doc, blob, doc["meshes"][0]["primitives"][0]["attributes"]["COLOR_0"])
+    assert colors.shape == (result["vertices"], 3) and len(np.unique(colors, axis=0)) > 50
+
+    # A second reader: trimesh sees one mesh with the same vertices and triangles, bind pose in place.
     scene = trimesh.load(path, force="scene", process=False)
     (geom,) = scene.geometry.values()
     assert len(geom.vertices) == result["vertices"] and len(geom.faces) == result["faces"]
-    assert geom.visual.kind == "vertex" and len(np.unique(geom.visual.vertex_colors[:, :3], axis=0)) > 50
+    bind = accessor(doc, blob, doc["meshes"][0]["primitives"][0]["attributes"]["POSITION"])
+    np.testing.assert_allclose(np.asarray(geom.vertices), bind, atol=1e-6)
 
 
 def test_posing_through_the_gltf_matches_export_frame(rigged, frame_objs):
@@ -338,6 +343,9 @@ def test_blender_round_trip(project, tmp_path):
     out = tmp_path / "rig.glb"
     r = run_job(rigged_job(proj, out, RigConfig(resolution=RES, texture=1024)))
     assert r["texture"] == 1024
+    # trimesh reads the embedded texture too.
+    (geom,) = trimesh.load(out, force="scene", process=False).geometry.values()
+    assert geom.visual.kind == "texture" and geom.visual.material.baseColorTexture.size == (1024, 1024)
     fps = r["fps"]
     p = subprocess.run([BLENDER, "-b", "--factory-startup", "--python-exit-code", "1", "--python", str(CHECK_SCRIPT),
                         "--", str(out), str(fps), str(tmp_path / "b.npz"), *map(str, FRAMES)],
