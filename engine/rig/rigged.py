@@ -84,6 +84,16 @@ def skin_vertices(vertices: np.ndarray, joints: np.ndarray, weights: np.ndarray,
     return (np.einsum("vab,vb->va", m[:, :3, :3], v) + m[:, :3, 3]).astype(np.float32)
 
 
+def loose_bones(body: BodyModel, skeleton: Skeleton) -> np.ndarray:
+    """[B] bool: the skeleton's bones loose clothing may follow: all but the arms (the upper arms and below)."""
+    arms = {b for b, j in enumerate(skeleton.bones)
+            if j in (body.semantic_bones.get("left_shoulder"), body.semantic_bones.get("right_shoulder"))}
+    for b, p in enumerate(skeleton.parents):  # parents come first: a child of an arm bone is an arm bone
+        if p in arms:
+            arms.add(b)
+    return np.array([b not in arms for b in range(skeleton.num_bones)])
+
+
 def build_rig(body: BodyModel, shape: torch.Tensor, vertices: np.ndarray, faces: np.ndarray, weld: np.ndarray | None,
               canonical_body: torch.Tensor, frames: torch.Tensor | None, fps: float, rest: RestPose = "canonical",
               weight_cfg: WeightConfig | None = None) -> RiggedAvatar:
@@ -107,7 +117,7 @@ def build_rig(body: BodyModel, shape: torch.Tensor, vertices: np.ndarray, faces:
     skeleton = build_skeleton(body, torch.cat(poses))
     body_weights = skeleton.merged_weights(body.skin_weights.numpy())
     joints, weights = transfer_weights(vertices, faces, weld, np.asarray(canonical_body), body.faces, body_weights,
-                                       weight_cfg or WeightConfig())
+                                       weight_cfg or WeightConfig(), loose_bones(body, skeleton))
     bones = torch.as_tensor(skeleton.bones)
     star_k, bind_k = star[bones], bind_tf[bones]  # [B, 4, 4]
     if rest == "canonical":

@@ -100,7 +100,8 @@ def test_refine_scrub_pause_resume_export(window, qapp, tiny_project, tmp_path):
     assert len(np.unique(shot.reshape(-1, 3), axis=0)) > 50
     assert w.capture.save_screenshot("3D panel", tmp_path / "shot3d.png") and (tmp_path / "shot3d.png").stat().st_size > 1000
 
-    # A turntable video of the mesh: real GL frames, encoded by the engine's mp4 writer.
+    # A turntable video of the mesh: drawn by the engine (engine/render/turntable.py, as `render --turntable`), encoded
+    # by the engine's mp4 writer.
     assert w.capture.save_turntable(tmp_path / "turn.mp4", frames=8, size=128)
     import av
 

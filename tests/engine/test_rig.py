@@ -174,7 +174,7 @@ def _strip(y: float) -> tuple[np.ndarray, np.ndarray]:
     for r in range(9):
         for c in range(39):
             a = r * 40 + c
-            f += [[a, a + 40, a + 1], [a + 1, a + 40, a + 41]]
+            f += [[a, a + 1, a + 40], [a + 1, a + 41, a + 40]]  # facing +z, away from the legs
     return v, np.array(f)
 
 
