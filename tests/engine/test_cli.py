@@ -28,7 +28,7 @@ def assert_clean_error(p: subprocess.CompletedProcess, needle: str) -> None:
     assert needle in p.stderr, p.stderr
 
 
-@pytest.mark.parametrize("cmd", [[], ["synth"], ["eval"], ["fit"], ["export"], ["demo"]])
+@pytest.mark.parametrize("cmd", [[], ["synth"], ["eval"], ["fit"], ["export"], ["render"], ["demo"]])
 def test_every_command_has_help(cmd):
     p = run(*cmd, "--help")
     assert p.returncode == 0 and "usage:" in p.stdout
@@ -115,7 +115,7 @@ def _option(parser: argparse.ArgumentParser, *commands: str, flag: str) -> argpa
 def test_option_choices_come_from_the_declarations():
     from engine.cli import build_parser
     from engine.evaluation import EvalConfig
-    from engine.export import EXPORT_FORMATS, ExportConfig
+    from engine.export import EXPORT_FORMATS, ExportConfig, RigConfig
     from engine.preprocess.job import PreprocessConfig
     from engine.prior.train import PriorConfig
     from engine.refine.config import PriorMode, RefineConfig, load_preset
@@ -139,6 +139,8 @@ def test_option_choices_come_from_the_declarations():
         ("eval", "--method"): choices(EvalConfig, "method"),
         ("export", "--up"): choices(ExportConfig, "up"),
         ("export", "--format"): EXPORT_FORMATS,
+        ("export", "--rest"): choices(RigConfig, "rest"),
+        ("render", "--rest"): choices(RigConfig, "rest"),
         ("bake", "--source"): choices(BakeConfig, "source"),
         ("synth", "--motion"): MOTIONS,
         ("synth", "--garment"): GARMENTS,
