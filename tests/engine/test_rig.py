@@ -15,12 +15,24 @@ import numpy as np
 import pytest
 import trimesh
 
+from engine.body import BodyConfig, create_body_model
 from engine.cli import main as cli_main
 from engine.errors import UserError
 from engine.export import ExportConfig, RigConfig, export_job, rigged_job
+from engine.geometry.lbs import lbs
 from engine.jobs import run_job
 from engine.preview import PreviewConfig, preview_job
-from engine.rig import MAX_INFLUENCES, WeightConfig, dense_weights, limit_influences, transfer_weights
+from engine.rig import (
+    MAX_INFLUENCES,
+    WeightConfig,
+    build_skeleton,
+    dense_weights,
+    limit_influences,
+    rest_transforms,
+    transfer_weights,
+)
+
+from .smpl_fixture import write_smpl_model
 
 RES = 64  # marching-cubes resolution: small meshes keep the tests quick
 FRAMES = (0, 4, 7, 9)  # 4 and 9 are held out
@@ -146,6 +158,44 @@ def frame_objs(project, tmp_path_factory) -> dict[int, np.ndarray]:
         run_job(export_job(project, d / f"f{k}.obj", ExportConfig(resolution=RES, frame=k)))
         out[k] = obj_vertices(d / f"f{k}.obj")
     return out
+
+
+# ---- skeleton ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["anny", "smpl"])
+def test_pruned_skeleton_poses_the_body_exactly(model, tmp_path):
+    """Every merged bone moves rigidly with the kept bone it joins, in every pose the skeleton was built for:
+    its skinning matrix from the bind pose (T_j(pose) T_j(bind)⁻¹, what the glTF applies) is the kept bone's."""
+    import torch
+
+    if model == "smpl":
+        write_smpl_model(tmp_path / "smpl")
+        body = create_body_model(BodyConfig("smpl", str(tmp_path)))
+    else:
+        body = create_body_model(BodyConfig("anny"))
+    shape = body.default_shape()
+    g = torch.Generator().manual_seed(0)
+    pose = torch.zeros(3, body.num_bones, 3)
+    moved = sorted(set(body.semantic_bones.values()))
+    pose[:, moved] = 0.4 * torch.randn(3, len(moved), 3, generator=g)
+    bind = rest_transforms(body, shape, "t-pose").double()
+    tfs = torch.cat([body.body_transforms(shape, pose), body.star_transforms(shape)[None], bind[None].float()]).double()
+    sk = build_skeleton(body, tfs)
+    if model == "anny":
+        assert sk.num_bones == 17  # of 104
+    assert sk.parents[0] == -1 and all(p < b for b, p in enumerate(sk.parents))  # parents first
+    assert {"Hips", "LeftUpperArm", "RightLowerLeg", "LeftHand", "Head"} <= set(sk.names)
+    skin = tfs @ torch.linalg.inv(bind)[None]  # [N, J, 4, 4]
+    kept = torch.as_tensor(sk.bones)[torch.as_tensor(sk.merge)]  # the kept bone every bone moves with
+    assert float((skin - skin[:, kept]).abs().max()) < 1e-4
+    # And the body skinned from the bind pose with the merged weights is the body skinned with all of its own.
+    rest_bind = lbs(body.rest_vertices(shape).double(), body.skin_weights.double(), bind)
+    merged = torch.as_tensor(sk.merged_weights(body.skin_weights.numpy()))
+    for m in skin:
+        want = lbs(rest_bind, body.skin_weights.double(), m)
+        got = lbs(rest_bind, merged, m[torch.as_tensor(sk.bones)])
+        assert float((got - want).abs().max()) < 1e-5
 
 
 # ---- weights -------------------------------------------------------------------------------------------------
