@@ -17,6 +17,7 @@ import math
 import sys
 
 import bpy
+import mathutils
 import numpy
 
 # Debian's Blender 3.4 glTF importer still calls numpy.bool, which Debian's numpy 1.24 no longer has.
@@ -55,8 +56,6 @@ def images_of(obj) -> list:
 
 def render(scene, arm, mesh, path: str) -> None:
     """A picture of the avatar from the front, framed on its bounding box."""
-    import mathutils
-
     pts = world_coords(mesh)  # glTF axes
     blender_pts = numpy.stack([pts[:, 0], -pts[:, 2], pts[:, 1]], axis=1)
     lo, hi = blender_pts.min(0), blender_pts.max(0)
@@ -146,12 +145,9 @@ def main() -> None:
         # A pose the clip never had: the left upper arm raised (about the armature's forward axis).
         bone = next(pb for pb in arm.pose.bones if pb.name == "LeftUpperArm")
         bone.rotation_mode = "XYZ"
-        bone.matrix = arm.matrix_world.inverted() @ (
-            __import__("mathutils").Matrix.Translation((arm.matrix_world @ bone.head))
-            @ __import__("mathutils").Matrix.Rotation(math.radians(-100), 4, "Y")
-            @ __import__("mathutils").Matrix.Translation(-(arm.matrix_world @ bone.head))
-            @ arm.matrix_world @ bone.matrix
-        )
+        head = arm.matrix_world @ bone.head
+        turn = mathutils.Matrix.Translation(head) @ mathutils.Matrix.Rotation(math.radians(-100), 4, "Y")
+        bone.matrix = arm.matrix_world.inverted() @ turn @ mathutils.Matrix.Translation(-head) @ arm.matrix_world @ bone.matrix
         scene.frame_set(scene.frame_current)
         render(scene, arm, mesh, f"{prefix}_arm_raised.png")
     numpy.savez(out, **arrays)
