@@ -68,6 +68,8 @@ class AnnyBody(BodyModel):
         self.keypoint_regressor = reg.regression_weights.float()
         self.shape_dim = len(PHENOTYPES)
         self.semantic_bones = {k: self.bone_names.index(v) for k, v in _SEMANTIC.items()}
+        self.head_bones = ("head", "eye.L", "eye.R")
+        self.hand_bones = tuple(n for n in self.bone_names if n.startswith(("wrist", "finger", "metacarpal")))
         self._c = _TO_YUP
         self._c4 = torch.eye(4)
         self._c4[:3, :3] = _TO_YUP

@@ -67,6 +67,9 @@ class BodyModel:
     shape_dim: int
     # Semantic joints used by motion generators / fitting (name → bone index).
     semantic_bones: dict[str, int]
+    # Bones of the parts a full-body video rarely resolves: the head (its front is the face) and the hands.
+    head_bones: tuple[str, ...] = ()
+    hand_bones: tuple[str, ...] = ()
 
     # ---- model-specific -------------------------------------------------------------------
     def _rest(self, shape: torch.Tensor) -> torch.Tensor:
@@ -129,6 +132,24 @@ class BodyModel:
     def star_transforms(self, shape: torch.Tensor) -> torch.Tensor:
         """Rest → canonical (star pose) transforms [J, 4, 4]."""
         return self._bone_transforms(shape, self.star_pose()[None])[0]
+
+    def detail_weights(self, vertices: torch.Tensor) -> torch.Tensor:
+        """How much each vertex [V] belongs to the face or a hand, in [0, 1], for vertices [V, 3] of this body
+        in a pose facing +z (the canonical one): skinning weight on the hand bones, plus skinning weight on
+        the head bones ramped from the middle of the head (0) to its front (1), so hair at the back and
+        top stays free."""
+        def mass(names: tuple[str, ...]) -> torch.Tensor:
+            idx = [self.bone_names.index(n) for n in names if n in self.bone_names]
+            return self.skin_weights[:, idx].sum(1) if idx else torch.zeros(len(self.skin_weights))
+
+        head, hands = mass(self.head_bones), mass(self.hand_bones)
+        z = vertices[:, 2].float()
+        on_head = head > 0.5
+        if on_head.any():
+            zc = float(z[on_head].mean())
+            depth = float(z[on_head].max()) - zc
+            head = head * ((z - zc) / max(0.5 * depth, 1e-3)).clamp(0, 1)
+        return (head + hands).clamp(0, 1)
 
     def canonical_vertices(self, shape: torch.Tensor) -> torch.Tensor:
         """Body vertices in the canonical star pose [V, 3]."""

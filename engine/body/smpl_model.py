@@ -87,6 +87,9 @@ class SmplBody(BodyModel):
         self.shape_dim = int(self.shapedirs.shape[-1])
         nj = int(self.J_regressor.shape[0])
         self.bone_names = [f"joint{i:02d}" for i in range(nj)]
+        # SMPL's kinematic tree: 15 head, 20/21 wrists, 22/23 hands (SMPL-X: 22-24 jaw and eyes, 25+ fingers).
+        self.head_bones = tuple(self.bone_names[i] for i in (15, 22, 23, 24)) if nj > 24 else ("joint15",)
+        self.hand_bones = tuple(self.bone_names[i] for i in ((20, 21, *range(25, nj)) if nj > 24 else (20, 21, 22, 23)))
         self.semantic_bones = dict(_JOINTS)
         V = self.v_template.shape[0]
         ids = vertex_ids["smplh" if kind == "smpl" else "smplx"]

@@ -13,6 +13,7 @@ from engine.fields.body_sdf import BodySDFGrid
 from engine.fields.encodings import HashGrid, HashGridConfig, PositionalEncoding, TinyMLP
 from engine.fields.geometry_encoder import GeometryEncoder
 from engine.refine.config import RefineConfig
+from engine.refine.occupancy import OccupancyGrid
 from engine.refine.prior_file import shared_parameters
 
 FEATURES = 15  # geometry features passed from the SDF field to the colour field (hash field)
@@ -106,9 +107,25 @@ class Avatar(nn.Module):
         # Upper bound on β set by the fit loop's annealing schedule; a buffer so checkpoints keep it.
         self.register_buffer("beta_cap", torch.tensor(float("inf")))
         self.encoder = GeometryEncoder() if cfg.geometry_encoder else None
+        # Where the sampler looks (engine/refine/occupancy.py); per video, saved with the avatar.
+        self.occupancy = OccupancyGrid(body_grid.lo, body_grid.hi, cfg.occupancy_voxel)
+        self.occupancy.fill(body_grid, cfg.occupancy_band)
         if cfg.freeze_shared:
             for p in shared_parameters(self).values():
                 p.requires_grad_(False)
+
+    def load_state_dict(self, state: dict, strict: bool = True, assign: bool = False):
+        """Also reads avatars saved before the occupancy grid existed (they keep the initial band)."""
+        state = dict(state)
+        own = {k: v for k, v in self.state_dict().items() if k.startswith("occupancy.")}
+        for k, v in own.items():
+            state.setdefault(k, v)
+        return super().load_state_dict(state, strict=strict, assign=assign)
+
+    def update_occupancy(self) -> None:
+        """Fits the occupancy grid to the current SDF (engine/refine/occupancy.py)."""
+        cfg = self.cfg
+        self.occupancy.update(lambda x: self.sdf(x)[0], self.sdf.body_sdf, cfg.occupancy_keep, cfg.occupancy_grow)
 
     def frame_deltas(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Pose [B, 3] and translation [3] refinements of frame i (differentiable, sparse grads)."""

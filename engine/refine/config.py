@@ -52,8 +52,24 @@ class RefineConfig:
     """Samples per ray of the no-grad search pass."""
     fine_samples: int = 16
     """Samples per ray that are rendered with gradients."""
-    shell: float = 0.2
-    """Points farther than this from the posed body are empty (metres)."""
+    shell: float = 0.5
+    """Points farther than this from the posed body are always empty (metres); nearer, the occupancy grid
+    decides."""
+    occupancy_voxel: float = 0.02
+    """Cell size of the canonical occupancy grid (metres)."""
+    occupancy_band: float = 0.45
+    """The occupancy grid starts as every cell nearer than this to the naked body (metres): loose clothing
+    far from the body can grow there."""
+    occupancy_keep: float = 0.1
+    """At each occupancy update, cells whose SDF is above this everywhere in the cell become empty (unless
+    a ray in the person mask wanted them); the rest grow by `occupancy_grow` cells."""
+    occupancy_grow: int = 2
+    """Cells the kept occupancy grows by at each update (how far the surface may move between updates)."""
+    occupancy_every: int = 100
+    """Steps between occupancy updates."""
+    w_silhouette: float = 0.5
+    """Weight of the silhouette term: a ray inside the person mask that meets no surface pulls the SDF
+    below zero at its closest sample (grows loose clothing out to the mask)."""
     person_ray_fraction: float = 0.9
     """Fraction of rays drawn inside the person's box."""
     lr: float = 1e-2
@@ -89,7 +105,15 @@ class RefineConfig:
     w_time: float = 0.01
     """Weight of the time-consistency regulariser."""
     eikonal_points: int = 2048
-    """Points per step for the eikonal loss (finite differences)."""
+    """Points per step for the eikonal loss (finite differences), normal smoothness points included."""
+    w_normal_smooth: float = 0.0
+    """Weight of normal smoothness: normals of surface points against normals a centimetre away (removes
+    ripples; real folds are wider and carry photometric evidence)."""
+    normal_points: int = 64
+    """Surface points per step for normal smoothness (each costs two of the eikonal points)."""
+    w_detail: float = 0.0
+    """Weight of the face-and-hands term: the SDF's residual over the naked body is kept small on the face
+    and the hands, which a full-body video rarely resolves."""
     coarse_to_fine: float = 0.5
     """Fraction of the steps over which hash levels are unlocked (0: all from the start)."""
     seed: int = 0
@@ -122,6 +146,8 @@ class RefineConfig:
         for name in ("rays", "coarse_samples", "fine_samples"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1.")
+        if not 0 < self.occupancy_voxel <= 0.1 or self.occupancy_every < 1 or self.occupancy_grow < 0:
+            raise UserError("occupancy_voxel must be in (0, 0.1] m, occupancy_every ≥ 1, occupancy_grow ≥ 0.")
         if not self.lr > 0:
             raise UserError("--lr must be positive.")
 

@@ -54,6 +54,8 @@ class Deformer:
         self.semantic_pose = params.pose[:, self.pose_bones].to(device)  # [N, B, 3] stored poses
         self.lookup = _voxel_subset(self.canonical_vertices.numpy(), LOOKUP_VOXEL)
         self.lookup_weights = self.weights[torch.as_tensor(self.lookup, device=device)]
+        # How much each canonical vertex is face or hand (the fit keeps the body's shape there).
+        self.detail_weights = body.detail_weights(self.canonical_vertices).to(device)
 
     def base(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stored pose [J, 3], global orientation [3] and translation [3] of frame i."""
@@ -73,12 +75,13 @@ class Deformer:
         verts = verts[0].detach().numpy()
         return FramePose(i, tfs[0].to(self.device), verts, cKDTree(verts[self.lookup]))
 
-    def to_canonical(self, x: torch.Tensor, fp: FramePose) -> tuple[torch.Tensor, torch.Tensor]:
-        """World points [P, 3] → canonical points [P, 3] and distance to the body [P]."""
+    def to_canonical(self, x: torch.Tensor, fp: FramePose, bound: float = np.inf) -> tuple[torch.Tensor, torch.Tensor]:
+        """World points [P, 3] → canonical points [P, 3] and distance to the body [P]. Points farther than
+        `bound` from the body get distance inf and a meaningless canonical point (a faster search)."""
         # Non-finite points (a diverged step) are sent far away: empty space, and the loss says the rest.
         q = np.nan_to_num(x.detach().cpu().numpy(), nan=1e6, posinf=1e6, neginf=-1e6)
-        d, idx = fp.tree.query(q, k=1, workers=-1)
-        idx_t = torch.as_tensor(idx, device=self.device)
+        d, idx = fp.tree.query(q, k=1, workers=-1, distance_upper_bound=bound)
+        idx_t = torch.as_tensor(np.minimum(idx, fp.tree.n - 1), device=self.device)
         xc = warp(x, self.lookup_weights[idx_t], fp.transforms, self.star_tf)
         return xc, torch.as_tensor(d, dtype=x.dtype, device=self.device)
 

@@ -12,6 +12,7 @@ from engine.refine.raymarch import RaysOut
 
 EMPTY_DISTANCE = 0.1  # metres from the body beyond which a ray's opacity counts as floating matter
 EIKONAL_STEP = 0.002  # forward-difference step of the eikonal term (metres)
+NORMAL_SMOOTH_SCALE = 0.01  # normal smoothness compares normals this far apart (metres, per axis)
 
 
 def composite(avatar: Avatar, out: RaysOut, pix: torch.Tensor) -> torch.Tensor:
@@ -38,24 +39,63 @@ def image_losses(cfg: RefineConfig, out: RaysOut, pred: torch.Tensor, gt: torch.
         losses["mask"] = cfg.w_mask * -(gt_mask * op.log() + (1 - gt_mask) * (1 - op).log()).mean()
     if "bce" in terms and cfg.w_bce > 0:
         losses["bce"] = cfg.w_bce * (-(op * op.log() + (1 - op) * (1 - op).log())).mean()
-    off = out.body_dist > EMPTY_DISTANCE
+    # Floating matter: opacity away from the body where the mask shows no person (loose clothing far from
+    # the body is in the mask, and must not be pushed away).
+    off = (out.body_dist > EMPTY_DISTANCE) & (gt_mask < 0.5)
     if "sparse" in terms and cfg.w_sparse > 0 and off.any():
         losses["sparse"] = cfg.w_sparse * min(1.0, p / 0.2) * out.opacity[off].mean()
     return losses
 
 
-def shape_losses(cfg: RefineConfig, avatar: Avatar, points: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Eikonal (forward differences) and in-shape terms on canonical points [P, 3] near the body."""
+def silhouette_loss(cfg: RefineConfig, avatar: Avatar, out: RaysOut, gt_mask: torch.Tensor
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Rays inside the person mask that meet no surface pull the SDF below zero at their closest sample (as
+    IDR's mask loss does): the volume render's gradient vanishes far from the surface, so without this
+    term loose clothing beyond a few centimetres from the body never grows.
+
+    Returns the term (empty when no ray missed) and the canonical points it acted on [M, 3].
+    """
+    missed = (gt_mask > 0.5) & ~out.crossed & torch.isfinite(out.closest_c).all(-1)
+    pts = out.closest_c[missed]
+    if cfg.w_silhouette <= 0 or not len(pts):
+        return {}, pts
+    s, _ = avatar.sdf(pts)
+    return {"silhouette": cfg.w_silhouette * F.relu(s + avatar.beta.detach()).mean()}, pts
+
+
+def shape_losses(cfg: RefineConfig, avatar: Avatar, points: torch.Tensor, detail: torch.Tensor | None = None,
+                 surface: torch.Tensor | None = None, gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Regularisers of the canonical SDF, from one batch of forward differences.
+
+    Args:
+        points: [P, 3] canonical points near the body and in the occupied region: eikonal and in-shape terms.
+        detail: [P] how much each point belongs to the face or a hand (`BodyModel.detail_weights`): the
+            residual over the body SDF is kept small there (w_detail).
+        surface: [M, 3] points on the current surface: normal smoothness, against a point a centimetre
+            away (w_normal_smooth).
+    """
     dev = points.device
+    n = len(points)
+    if surface is not None and len(surface) and cfg.w_normal_smooth > 0:
+        step = NORMAL_SMOOTH_SCALE * torch.randn(surface.shape, generator=gen, device=dev)
+        points = torch.cat([points, surface, surface + step])
     s0, _ = avatar.sdf(points)
     grads = [(avatar.sdf(points + EIKONAL_STEP * torch.eye(3, device=dev)[k])[0] - s0) / EIKONAL_STEP
              for k in range(3)]
-    gnorm = torch.stack(grads, -1).norm(dim=-1)
+    g = torch.stack(grads, -1)
+    gnorm = g.norm(dim=-1)
     losses = {"eikonal": cfg.w_eikonal * ((gnorm - 1) ** 2).mean()}
     with torch.no_grad():
-        deep = avatar.sdf.body_sdf(points) < -0.02
+        body = avatar.sdf.body_sdf(points[:n])
+    deep = body < -0.02
     if cfg.w_inshape > 0 and deep.any():
-        losses["inshape"] = cfg.w_inshape * F.relu(s0[deep]).mean()
+        losses["inshape"] = cfg.w_inshape * F.relu(s0[:n][deep]).mean()
+    if cfg.w_detail > 0 and detail is not None:
+        losses["detail"] = cfg.w_detail * (detail * (s0[:n] - body).abs()).mean()
+    if len(points) > n:
+        nrm = g[n:] / gnorm[n:, None].clamp(min=1e-6)
+        a, b = nrm.chunk(2)
+        losses["normal_smooth"] = cfg.w_normal_smooth * ((a - b) ** 2).sum(-1).mean()
     return losses
 
 

@@ -15,8 +15,8 @@ from engine.refine.config import RefineConfig
 from engine.refine.deformer import Deformer, FramePose
 from engine.refine.raymarch import canonical_points, render_rays
 
-# Frame renders look this far (metres at the body's depth, plus pixels) around the projected body: the
-# avatar is empty beyond the sampling shell, so outside this box only the background shows.
+# Frame renders look this far (metres at the body's depth, plus pixels) around the projected body, or as
+# far as the avatar's occupied region reaches if that is farther: beyond, only the background shows.
 RENDER_MARGIN_M = 0.25
 RENDER_MARGIN_PX = 8.0
 # Training rays: most of them fall within this many pixels of the projected body.
@@ -67,7 +67,8 @@ def render_frame(avatar: Avatar, deformer: Deformer, fp: FramePose, camera: Came
     if stride < 1:
         raise ValueError(f"stride must be at least 1 (got {stride})")
     H, W = camera.height, camera.width
-    lo, hi = person_box(camera, fp.vertices, RENDER_MARGIN_M, RENDER_MARGIN_PX)
+    reach = min(cfg.shell, max(RENDER_MARGIN_M, float(avatar.occupancy.reach)))
+    lo, hi = person_box(camera, fp.vertices, reach, RENDER_MARGIN_PX)
     x0, y0 = np.floor(lo).astype(int)
     x1, y1 = np.ceil(hi).astype(int)
     ys, xs = np.arange(0, H, stride), np.arange(0, W, stride)

@@ -243,9 +243,9 @@ class Session:
 
     @torch.no_grad()
     def canonical_mesh(self, resolution: int = 256) -> Mesh:
-        """Marching cubes of the canonical SDF at `surface_level` (largest component), coloured by the
-        colour field."""
-        grid = self.avatar.sdf.body
+        """Marching cubes of the canonical SDF at `surface_level` over the occupied region (largest
+        component), coloured by the colour field."""
+        occ = self.avatar.occupancy
         dev = self.device
         level = self.surface_level()
 
@@ -253,15 +253,15 @@ class Session:
             return self.avatar.sdf(torch.as_tensor(p, device=dev))[0].cpu().numpy() - level
 
         def band_fn(p: np.ndarray) -> np.ndarray:
-            return grid(torch.as_tensor(p, device=dev)).cpu().numpy() - level
+            # Only occupied cells can hold the surface; the rest is empty space (positive).
+            return np.where(occ.contains(torch.as_tensor(p, device=dev)).cpu().numpy(), 0.0, 1.0).astype(np.float32)
 
         def color_fn(p: np.ndarray) -> np.ndarray:
             x = torch.as_tensor(p, dtype=torch.float32, device=dev)
             return self.avatar.rgb(x, self.avatar.sdf(x)[1]).cpu().numpy()
 
-        cv = self.deformer.canonical_vertices.numpy()
-        lo, hi = cv.min(0) - self.cfg.shell, cv.max(0) + self.cfg.shell
-        mesh = extract_mesh(sdf_fn, lo, hi, resolution=resolution, band_fn=band_fn, band=self.cfg.shell)
+        lo, hi = (b.cpu().numpy() + d * float(occ.voxel) for b, d in zip(occ.bounds(), (-1, 1)))
+        mesh = extract_mesh(sdf_fn, lo, hi, resolution=resolution, band_fn=band_fn, band=0.5)
         return color_mesh(mesh, color_fn)
 
     @torch.no_grad()

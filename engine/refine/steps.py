@@ -111,11 +111,37 @@ def apply_schedule(session: Session, opt: Optimizers, base_lrs: list[float], p: 
         av.beta_cap.fill_(cfg.beta_init * (cfg.beta_end / cfg.beta_init) ** min(1.0, p / 0.6))
 
 
-def body_points(session: Session, n: int, gen: torch.Generator) -> torch.Tensor:
-    """n canonical points [n, 3] near the body's surface (within a few cm), on the session's device."""
-    cv = session.deformer.canonical_vertices
+def body_points(session: Session, n: int, gen: torch.Generator, detail: bool = False):
+    """n canonical points [n, 3] near the body's surface (within a few cm), on the session's device; with
+    `detail`, also how much each belongs to the face or a hand [n]."""
+    d = session.deformer
+    cv = d.canonical_vertices
     idx = torch.randint(0, len(cv), (n,), generator=gen, device=gen.device).cpu()
-    return cv[idx].to(session.device) + 0.03 * torch.randn(n, 3, generator=gen, device=gen.device).to(session.device)
+    pts = cv[idx].to(session.device) + 0.03 * torch.randn(n, 3, generator=gen, device=gen.device).to(session.device)
+    return (pts, d.detail_weights[idx.to(d.detail_weights.device)]) if detail else pts
+
+
+def shape_points(session: Session, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n canonical points [n, 3] for the shape regularisers, and their face-or-hand weights [n]: three
+    quarters near the body, a quarter anywhere in the occupied region (loose clothing far from the body
+    needs a valid SDF too; those get no face-or-hand weight)."""
+    occ = session.avatar.occupancy
+    m = n // 4
+    cells = occ.occupied.view(-1).nonzero()[:, 0]
+    if not len(cells) or m == 0:
+        return body_points(session, n, gen, detail=True)
+    pick = cells[torch.randint(0, len(cells), (m,), generator=gen, device=gen.device).to(cells.device)]
+    jitter = (torch.rand(m, 3, generator=gen, device=gen.device).to(session.device) - 0.5) * occ.voxel
+    pts, w = body_points(session, n - m, gen, detail=True)
+    return torch.cat([pts, occ.centres(pick) + jitter]), torch.cat([w, torch.zeros(m, device=w.device)])
+
+
+def surface_points(out, n: int, gen: torch.Generator) -> torch.Tensor:
+    """Up to n of a render's canonical points near the surface [<=n, 3] (for normal smoothness)."""
+    pts = out.points_c.detach()
+    if len(pts) <= n:
+        return pts
+    return pts[torch.randperm(len(pts), generator=gen, device=gen.device)[:n].to(pts.device)]
 
 
 @dataclass
@@ -157,8 +183,14 @@ def train_step(session: Session, opt: Optimizers, data: TrainData, n_rays: int, 
     out = render_rays(av, session.deformer, fp, o, d, cfg.coarse_samples, fine, cfg.sampler, cfg.shell, gen)
     pred = L.composite(av, out, pt)
     losses = L.image_losses(cfg, out, pred, gt, gm, p)
+    sil, wanted = L.silhouette_loss(cfg, av, out, gm)
+    av.occupancy.mark(wanted)
+    losses |= sil
     if not cfg.freeze_shared:
-        losses |= L.shape_losses(cfg, av, body_points(session, cfg.eikonal_points, gen))
+        m = min(cfg.normal_points, cfg.eikonal_points // 4) if cfg.w_normal_smooth > 0 else 0
+        surf = surface_points(out, m, gen)
+        pts, detail = shape_points(session, cfg.eikonal_points - 2 * len(surf), gen)
+        losses |= L.shape_losses(cfg, av, pts, detail, surf, gen)
     if cfg.time_consistency != "none" and len(train) > 1:
         k = train.index(f)
         g = train[k + 1] if k + 1 < len(train) else train[k - 1]
@@ -235,6 +267,8 @@ class StepDriver:
         if values is not None:
             self.bad = 0
             s.step += 1
+            if s.step % s.cfg.occupancy_every == 0:
+                s.avatar.update_occupancy()
             return values, None
         self.bad += 1
         log.warning("step %d: non-finite loss or gradient, step skipped", s.step)
