@@ -214,6 +214,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     cfg = load_preset(args.preset, lr=args.lr, rays=args.rays, fine_samples=args.samples,
                       incremental=args.incremental, time_consistency=args.time_consistency, seed=args.seed,
+                      w_silhouette=args.w_silhouette, w_normal_smooth=args.w_normal_smooth, w_detail=args.w_detail,
                       **_encoder_overrides(args))
     if args.iters is None and args.minutes is None:
         args.iters = 1000
@@ -480,6 +481,9 @@ def _fit_args(f: argparse.ArgumentParser) -> None:
     f.add_argument("--time-consistency", choices=choices(RefineConfig, "time_consistency"),
                    help=_doc(RefineConfig, "time_consistency"))
     f.add_argument("--seed", type=int, help="random seed")
+    for name in ("w_silhouette", "w_normal_smooth", "w_detail"):
+        f.add_argument("--" + name.replace("_", "-"), type=_nonneg_float, metavar="W",
+                       help=_doc(RefineConfig, name) + " (preset default; 0: off)")
     f.add_argument("--checkpoint-every", type=_positive_int, default=50, help="steps between checkpoints (default 50)")
     f.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
     _add_encoder_args(f)
