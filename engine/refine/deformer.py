@@ -12,6 +12,7 @@ from scipy.spatial import cKDTree
 from engine.body.base import BodyModel, BodyParams
 from engine.geometry.camera import Camera
 from engine.geometry.lbs import warp
+from engine.geometry.nearest import FAR, nearest_point
 
 
 @dataclass
@@ -21,9 +22,10 @@ class FramePose:
     index: int
     transforms: torch.Tensor  # [J, 4, 4] rest → world (differentiable in the refinements)
     vertices: np.ndarray  # [V, 3] posed body vertices (no grad; for nearest-vertex lookups)
-    tree: cKDTree
+    tree: cKDTree | None  # over the lookup vertices (CPU sessions; None on another device)
     features: torch.Tensor | None = None  # [1, C, H, W] geometry-encoder features of the frame (optional)
     camera: Camera | None = None  # the frame's camera (with `features`)
+    lookup_vertices: torch.Tensor | None = None  # [L, 3] posed lookup vertices on the device (non-CPU sessions)
 
 
 LOOKUP_VOXEL = 0.015  # metres
@@ -73,17 +75,35 @@ class Deformer:
         p = BodyParams(self.shape, pose[None], orient[None], transl[None])
         tfs, verts = self.body.posed(p, rest=self.rest)
         verts = verts[0].detach().numpy()
-        return FramePose(i, tfs[0].to(self.device), verts, cKDTree(verts[self.lookup]))
+        if self.device.type == "cpu":
+            return FramePose(i, tfs[0].to(self.device), verts, cKDTree(verts[self.lookup]))
+        lookup = torch.as_tensor(verts[self.lookup], device=self.device)
+        return FramePose(i, tfs[0].to(self.device), verts, None, lookup_vertices=lookup)
 
     def to_canonical(self, x: torch.Tensor, fp: FramePose, bound: float = np.inf) -> tuple[torch.Tensor, torch.Tensor]:
         """World points [P, 3] → canonical points [P, 3] and distance to the body [P]. Points farther than
         `bound` from the body get distance inf and a meaningless canonical point (a faster search)."""
-        # Non-finite points (a diverged step) are sent far away: empty space, and the loss says the rest.
-        q = np.nan_to_num(x.detach().cpu().numpy(), nan=1e6, posinf=1e6, neginf=-1e6)
+        d, idx = self.lookup_nearest(x, fp, bound)
+        idx = idx.clamp(max=self.lookup_weights.shape[0] - 1)
+        xc = warp(x, self.lookup_weights[idx], fp.transforms, self.star_tf)
+        return xc, d
+
+    def lookup_nearest(self, x: torch.Tensor, fp: FramePose, bound: float = np.inf
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distance [P] and index [P] of the nearest lookup vertex of frame `fp` for world points [P, 3],
+        as `cKDTree.query(k=1, distance_upper_bound=bound)`: beyond `bound`, inf and the vertex count.
+        Non-finite points (a diverged step) are sent far away: empty space, and the loss says the rest.
+
+        CPU sessions query the frame's KD-tree (40x faster there than the brute force, measured with
+        one thread on 16k points against 4.7k vertices); other devices search on the device
+        (engine/geometry/nearest.py), without a round trip to the host."""
+        if fp.tree is None:
+            d, idx = nearest_point(x, fp.lookup_vertices, bound)
+            return d.to(x.dtype), idx
+        q = np.nan_to_num(x.detach().cpu().numpy(), nan=FAR, posinf=FAR, neginf=-FAR)
         d, idx = fp.tree.query(q, k=1, workers=-1, distance_upper_bound=bound)
-        idx_t = torch.as_tensor(np.minimum(idx, fp.tree.n - 1), device=self.device)
-        xc = warp(x, self.lookup_weights[idx_t], fp.transforms, self.star_tf)
-        return xc, torch.as_tensor(d, dtype=x.dtype, device=self.device)
+        return (torch.as_tensor(d, dtype=x.dtype, device=self.device),
+                torch.as_tensor(idx, dtype=torch.int64, device=self.device))
 
     def to_posed(self, xc: torch.Tensor, fp: FramePose) -> torch.Tensor:
         """Canonical points [P, 3] → world points of frame `fp` (weights of the nearest canonical vertex)."""
