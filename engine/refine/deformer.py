@@ -94,9 +94,8 @@ class Deformer:
         as `cKDTree.query(k=1, distance_upper_bound=bound)`: beyond `bound`, inf and the vertex count.
         Non-finite points (a diverged step) are sent far away: empty space, and the loss says the rest.
 
-        CPU sessions query the frame's KD-tree (40x faster there than the brute force, measured with
-        one thread on 16k points against 4.7k vertices); other devices search on the device
-        (engine/geometry/nearest.py), without a round trip to the host."""
+        CPU sessions query the frame's KD-tree (much faster there than the brute force); other devices
+        search on the device (engine/geometry/nearest.py), without a round trip to the host."""
         if fp.tree is None:
             d, idx = nearest_point(x, fp.lookup_vertices, bound)
             return d.to(x.dtype), idx
