@@ -184,7 +184,6 @@ def train_step(session: Session, opt: Optimizers, data: TrainData, n_rays: int, 
     pred = L.composite(av, out, pt)
     losses = L.image_losses(cfg, out, pred, gt, gm, p)
     sil, wanted = L.silhouette_loss(cfg, av, out, gm)
-    av.occupancy.mark(wanted)
     losses |= sil
     if not cfg.freeze_shared:
         m = min(cfg.normal_points, cfg.eikonal_points // 4) if cfg.w_normal_smooth > 0 else 0
@@ -225,6 +224,7 @@ def train_step(session: Session, opt: Optimizers, data: TrainData, n_rays: int, 
                 opt.zero_grad(set_to_none=True)
                 return None
     opt.step()
+    av.occupancy.mark(wanted)  # only a step that counts changes anything
     values = {k: float(v.detach()) for k, v in losses.items()}
     values["total"] = float(total.detach())
     values["beta"] = float(av.beta.detach())
