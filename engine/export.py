@@ -27,6 +27,7 @@ from engine.mesh import (
 )
 from engine.mesh.textured import TexturedMesh, save_textured
 from engine.mesh.uv import TEXTURE_DEFAULT, check_texture_size
+from engine.project import check_output_file
 from engine.refine.session import Session, open_session
 from engine.rig import RestPose, RiggedAvatar, WeightConfig, build_rig, write_rigged_glb
 from engine.settings import check_choices, one_of
@@ -252,14 +253,8 @@ def rigged_job(project_dir: str | Path, out: str | Path, cfg: RigConfig = RigCon
     """Writes the rigged avatar as `out` (.glb): mesh in the bind pose, skeleton, skin weights, texture or
     vertex colours, and (unless `cfg.animation` is off) the video's motion."""
     cancel = cancel or CancelToken()
-    out = Path(out)
-    if out.suffix.lower() != ".glb":
-        raise UserError(f"a rigged avatar is written as glTF binary: the output file must end in .glb (got {out.name!r}).")
+    out = check_output_file(out, ".glb", "a rigged avatar (glTF binary)", overwrite)
     cfg.validate()
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it.")
-    if not out.parent.is_dir():
-        raise UserError(f"cannot write {out}: folder {out.parent} does not exist.")
     session = open_session(project_dir, None, device, body_model_dir, require_checkpoint=True)
     rig = yield from rig_session(session, cfg, cancel)
     cancel.check()

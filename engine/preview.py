@@ -18,6 +18,7 @@ from engine.export import RigConfig, rig_session
 from engine.io.atomic import atomic_path
 from engine.io.video import Mp4Writer
 from engine.jobs.events import CancelToken, Done, Event, Progress
+from engine.project import check_output_file
 from engine.refine.session import open_session
 from engine.render.turntable import framing_camera, picture, turntable_frames
 from engine.settings import check_choices
@@ -57,14 +58,8 @@ def preview_job(project_dir: str | Path, out: str | Path, cfg: PreviewConfig = P
                 cancel: CancelToken | None = None) -> Iterator[Event]:
     """Writes the preview video `out` (.mp4)."""
     cancel = cancel or CancelToken()
-    out = Path(out)
-    if out.suffix.lower() != ".mp4":
-        raise UserError(f"the video must be an .mp4 file (got {out.name!r}).")
+    out = check_output_file(out, ".mp4", "the video", overwrite)
     cfg.validate()
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it.")
-    if not out.parent.is_dir():
-        raise UserError(f"cannot write {out}: folder {out.parent} does not exist.")
     session = open_session(project_dir, None, device, body_model_dir, require_checkpoint=True)
     motion = cfg.mode == "motion"
     rig = yield from rig_session(session, RigConfig(**{**cfg.rig.__dict__, "animation": motion}), cancel)

@@ -32,7 +32,8 @@ from engine.project.project import (
     SCHEMA_VERSION,
     Project,
     check_output_dir,
+    check_output_file,
     held_out_frames,
 )
 
-__all__ = ["SCHEMA_VERSION", "Project", "check_output_dir", "held_out_frames"]
+__all__ = ["SCHEMA_VERSION", "Project", "check_output_dir", "check_output_file", "held_out_frames"]

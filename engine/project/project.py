@@ -27,6 +27,23 @@ def held_out_frames(num_frames: int) -> list[int]:
     return [i for i in range(num_frames) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
 
 
+def check_output_file(path: str | Path, suffix: str, what: str, overwrite: bool) -> Path:
+    """Validates a single output file before any work starts: its suffix, an existing file (without
+    `overwrite`) and its folder.
+
+    Raises:
+        UserError: naming the first problem.
+    """
+    path = Path(path)
+    if path.suffix.lower() != suffix:
+        raise UserError(f"{what} is written as {suffix}: the output file must end in {suffix} (got {path.name!r}).")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} exists; pass --overwrite to replace it.")
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {path}: folder {path.parent} does not exist.")
+    return path
+
+
 def check_output_dir(path: str | Path, overwrite: bool) -> Path:
     """Validates an output folder before any work starts.
 
