@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from engine.body import BodyConfig, create_body_model
 from engine.errors import UserError
 from engine.jobs.events import CancelToken, Done, Event, Progress
 from engine.mesh import Mesh
 from engine.mesh.textured import save_textured
 from engine.metrics import iou, m_psnr, m_ssim, mesh_metrics, mpvpe_cm, psnr, ssim
 from engine.project import Project
+from engine.project_body import load_project_body
 from engine.refine.checkpoint import checkpoint_path
 from engine.refine.session import Session, median_background, open_session
 from engine.render.raycast import render_mesh
@@ -85,7 +85,7 @@ def evaluate_job(project_dir: str | Path, config: EvalConfig = EvalConfig(),
     if method == "avatar":
         yield from _evaluate_avatar(project, gt, config, cancel, t0)
         return
-    body = create_body_model(BodyConfig(project.body_model, config.body_model_dir))
+    body = load_project_body(project, config.body_model_dir).model
     params = project.body()
     cameras = project.cameras()
     frames = list(config.frames) if config.frames is not None else (project.held_out or list(range(project.num_frames)))

@@ -40,7 +40,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("project",),  # the project folder: the one format every stage reads and writes
     ("fields", "render", "metrics", "mesh"),  # encodings and body SDF; ray casting and volume
     #                  compositing; metrics; marching cubes, posing and writing meshes
-    ("rig",),  # rigged avatars: skeleton, skin weights, motion, the glTF binary
+    ("rig", "project_body"),  # rigged avatars: skeleton, skin weights, motion, the glTF binary;
+    #                  engine/project_body.py: the body a project carries (arrays and SDF grid)
     ("synth",),  # synthetic scenes with exact ground truth
     ("preprocess",),  # video → project (decode, person, body fit, overlay)
     ("refine",),  # the avatar, its renders, losses, steps, fit/export jobs, checkpoints, prior files

@@ -7,7 +7,6 @@ step 0. Sampling is trilinear (`grid_sample`); `body_sdf_reference` is the exact
 from __future__ import annotations
 
 import numpy as np
-import open3d as o3d
 import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
@@ -19,6 +18,8 @@ def exact_body_sdf(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray, 
     With `band`, distances beyond it are only bounded (|value| >= band), which is much faster:
     Embree's closest-point queries are slow far from the surface.
     """
+    import open3d as o3d  # only where a body SDF is made (preprocessing); fitting reads the stored grid
+
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.core.Tensor(vertices.astype(np.float32)), o3d.core.Tensor(faces.astype(np.uint32)))
     pts = points.astype(np.float32)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from engine.body.base import BodyModel
+from engine.errors import UserError
 from engine.geometry.lbs import warp
 
 log = logging.getLogger(__name__)
@@ -299,11 +300,17 @@ def decimate(mesh: Mesh, target_faces: int) -> Mesh:
 
     Vertex colours are carried along (open3d interpolates them with the collapses); normals
     are recomputed. Returns `mesh` itself when it already has no more than `target_faces` faces.
-    """
-    import open3d as o3d
 
+    Raises:
+        UserError: open3d is not installed (a machine without the desktop stack).
+    """
     if target_faces <= 0 or mesh.num_faces <= target_faces:
         return mesh
+    try:
+        import open3d as o3d
+    except ImportError:
+        raise UserError("decimating a mesh (--faces) needs open3d, which this machine lacks; export without "
+                        "--faces here, or on the desktop install.") from None
     t0 = time.perf_counter()
     m = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(mesh.vertices.astype(np.float64)),
                                   o3d.utility.Vector3iVector(mesh.faces.astype(np.int32)))

@@ -36,6 +36,7 @@ from engine.preprocess.bodyfit import BodyFitConfig, BodyFitResult, fit_body_job
 from engine.preprocess.person import PersonConfig, PersonTrack, describe_frames, detect_person
 from engine.preprocess.video import DecodeConfig, FrameReader
 from engine.project import Project, check_output_dir
+from engine.project_body import write_project_body
 from engine.settings import Device, check_choices
 
 log = logging.getLogger(__name__)
@@ -302,6 +303,7 @@ def preprocess_job(video: str | Path, project_dir: str | Path, config: Preproces
                 yield Progress(STAGES[2], i + 1, n)
             proj.write_cameras([camera] * n)
             proj.write_body(fit.params)
+            write_project_body(proj, body, fit.params.shape)
             atomic.save_npy(stage / "keypoints.npy", track.keypoints.astype(np.float32))
             atomic.write_json(stage / CONFIG_FILE, config.to_dict())
             seconds[STAGES[2]] = round(time.perf_counter() - t0, 2)

@@ -11,12 +11,13 @@ from typing import Literal
 import numpy as np
 import torch
 
-from engine.body import BodyConfig, BodyModel, BodyParams, create_body_model
+from engine.body import BodyModel, BodyParams
 from engine.errors import UserError
 from engine.fields.body_sdf import BodySDFGrid
 from engine.geometry.camera import Camera, pixel_rays, project
 from engine.mesh import Mesh, color_mesh, extract_mesh, pose_mesh, skinning_weights
 from engine.project import Project
+from engine.project_body import load_project_body
 from engine.refine.avatar import Avatar
 from engine.refine.checkpoint import checkpoint_path, load_checkpoint
 from engine.refine.config import RefineConfig
@@ -285,7 +286,8 @@ def open_session(project_dir: str | Path, cfg: RefineConfig | None = None, devic
     inference keeps them fixed."""
     project = Project.open(project_dir)
     dev = resolve_device(device)
-    body = create_body_model(BodyConfig(project.body_model, body_model_dir))
+    project_body = load_project_body(project, body_model_dir)
+    body = project_body.model
     params = project.body()
     if params.pose.shape[1] != body.num_bones:
         raise UserError(f"{project.root}/body.npz does not match the {body.name} body model.")
@@ -317,8 +319,7 @@ def open_session(project_dir: str | Path, cfg: RefineConfig | None = None, devic
                                        if k.startswith("sdf.body.")})
         bg = np.zeros((project.meta["height"], project.meta["width"], 3), np.float32) + 0.5
     else:
-        log.info("precomputing the canonical body SDF")
-        grid = BodySDFGrid(deformer.canonical_vertices.numpy(), body.faces)
+        grid = project_body.sdf
         bg = median_background(project, project.train_frames or list(range(project.num_frames)))
     torch.manual_seed(cfg.seed)
     avatar = Avatar(cfg, grid, project.num_frames, len(deformer.pose_bones), bg).to(dev)

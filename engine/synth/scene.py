@@ -35,6 +35,7 @@ from engine.io.video import write_mp4
 from engine.jobs.events import CancelToken, Done, Event, Log, Progress
 from engine.mesh import write_mesh
 from engine.project import Project, check_output_dir
+from engine.project_body import write_project_body
 from engine.render.raycast import render_mesh
 from engine.synth.appearance import background_image, vertex_colors
 from engine.synth.garments import GARMENTS, clothed_canonical_mesh
@@ -166,6 +167,7 @@ def synth_job(config: SynthConfig, out_dir: str | Path, overwrite: bool = False,
                               source={"type": "synthetic", **asdict(config)})
         proj.write_cameras([camera] * config.frames)
         proj.write_body(noisy)
+        write_project_body(proj, body, shape)
         atomic.save_npz(gt / "body.npz", model=np.array(body.name), **params.to_numpy())
         atomic.save_npz(gt / "clothed_canonical.npz", vertices=cloth.vertices.astype(np.float32),
                         faces=cloth.faces.astype(np.int32), colors=colors, labels=cloth.labels.astype(np.uint8),

@@ -488,3 +488,34 @@ def test_unknown_body_model_is_a_user_error():
     with pytest.raises(UserError) as err:
         create_body_model(BodyConfig("bogus"))
     assert "bogus" in str(err.value) and "anny" in str(err.value)
+
+
+# ---- the body a project carries (engine/body/baked.py) ----------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["anny", "smpl"])
+def test_baked_body_poses_like_the_model(anny, smpl, kind):
+    """The arrays a project stores pose the body exactly as the model does: transforms, vertices, the
+    canonical body, keypoints and bone heads, for poses it was not probed with, with gradients."""
+    from engine.body.baked import BakedBody, bake_body
+
+    model = anny if kind == "anny" else smpl
+    shape = model.default_shape() + 0.1 * torch.randn(model.shape_dim, generator=torch.Generator().manual_seed(1))
+    baked = BakedBody(bake_body(model, shape))
+    params = _params(model, "walk", 6, seed=5, shape=shape)
+    params.pose[:, :] += 0.3 * torch.randn(params.pose.shape, generator=torch.Generator().manual_seed(2))
+    tf_m, v_m = model.posed(params)
+    tf_b, v_b = baked.posed(params)
+    assert (tf_m - tf_b).abs().max() < 1e-4
+    assert (v_m - v_b).abs().max() < 1e-4  # metres: a tenth of a millimetre
+    assert (model.canonical_vertices(shape) - baked.canonical_vertices(shape)).abs().max() < 1e-4
+    assert torch.allclose(model.keypoints(v_m), baked.keypoints(v_b), atol=1e-4)
+    assert torch.allclose(model.bone_heads(shape), baked.bone_heads(shape))
+    assert baked.bone_names == model.bone_names and baked.semantic_bones == model.semantic_bones
+    assert baked.head_bones == model.head_bones and baked.hand_bones == model.hand_bones
+    assert torch.allclose(baked.local_rotvec(torch.eye(3)), model.local_rotvec(torch.eye(3)))
+    pose = params.pose.clone().requires_grad_()
+    baked.body_transforms(shape, pose).sum().backward()
+    assert torch.isfinite(pose.grad).all() and pose.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="another shape"):
+        baked.rest_vertices(shape + 0.05)
