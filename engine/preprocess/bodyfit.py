@@ -38,6 +38,7 @@ from engine.errors import UserError
 from engine.geometry.camera import Camera, project
 from engine.geometry.rotations import axis_angle_to_matrix
 from engine.jobs.events import CancelToken, Done, Event, Log, Progress
+from engine.render.raycast import raycasting_scene
 
 log = logging.getLogger(__name__)
 
@@ -785,12 +786,6 @@ def _evaluate(
     fit: _Fit, params: BodyParams, cancel: CancelToken
 ) -> Iterator[Event | tuple[np.ndarray, np.ndarray]]:
     """Per-frame keypoint error (px) and silhouette IoU (exact ray cast at the mask's resolution)."""
-    # Imported here, not above: open3d takes 1.5 s to import, and engine/preprocess/job.py imports this
-    # module at its top, where refusing bad input should not wait for it.
-    import open3d as o3d
-
-    from engine.render.raycast import raycasting_scene
-
     body, n = fit.body, fit.n
     uv, conf = fit.uv.cpu().numpy(), fit.conf.cpu().numpy()
     kp_err = np.full(n, np.nan)
@@ -799,7 +794,7 @@ def _evaluate(
         Hm, Wm = fit.masks.shape[1:]
         cam = fit.camera
         mask_cam = Camera(np.diag([Wm / cam.width, Hm / cam.height, 1.0]) @ cam.K, cam.R, cam.t, Wm, Hm)
-        rays = np.concatenate(mask_cam.rays(), axis=-1).astype(np.float32)  # [Hm, Wm, 6]
+        dirs = mask_cam.rays()[1].astype(np.float32)  # [Hm, Wm, 3]
     for i in range(n):
         cancel.check()
         with torch.no_grad():
@@ -815,10 +810,8 @@ def _evaluate(
             x1, y1 = np.clip(np.ceil(box.max(0)).astype(int) + 1, 0, [Wm, Hm])
             sil = np.zeros((Hm, Wm), bool)
             if x1 > x0 and y1 > y0:
-                hit = raycasting_scene(v, body.faces).cast_rays(
-                    o3d.core.Tensor(np.ascontiguousarray(rays[y0:y1, x0:x1].reshape(-1, 6)))
-                )
-                sil[y0:y1, x0:x1] = np.isfinite(hit["t_hit"].numpy()).reshape(y1 - y0, x1 - x0)
+                hit = raycasting_scene(v, body.faces).cast_rays(mask_cam.center, dirs[y0:y1, x0:x1])
+                sil[y0:y1, x0:x1] = np.isfinite(hit["t_hit"])
             union = np.logical_or(sil, fit.masks[i]).sum()
             ious[i] = np.logical_and(sil, fit.masks[i]).sum() / union if union else 1.0
         yield Progress("evaluate", i + 1, n)

@@ -2,8 +2,8 @@
 
 Each overlay frame shows the body mesh, shaded by a headlight and blended over the video frame,
 the outline of the person mask (the silhouette the fit aimed at) and a label with the frame's
-fit quality. Rendering is an exact ray cast (open3d / Embree, as for the synthetic ground truth):
-measured ~15 ms per 540 px frame on 2 CPU cores, so 150 frames take a few seconds.
+fit quality. Rendering is an exact ray cast (engine/render/raycast.py), as for the synthetic ground
+truth.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import math
 
 import cv2
 import numpy as np
-import open3d as o3d
 
 from engine.geometry.camera import Camera
 from engine.render.raycast import raycasting_scene
@@ -28,17 +27,14 @@ class OverlayRenderer:
     def __init__(self, faces: np.ndarray, camera: Camera) -> None:
         self.faces = np.asarray(faces)
         self.camera = camera
-        origins, dirs = camera.rays()  # [H, W, 3] each
-        self._dirs = dirs.reshape(-1, 3).astype(np.float32)
-        rays = np.concatenate([origins.reshape(-1, 3), dirs.reshape(-1, 3)], 1).astype(np.float32)
-        self._rays = o3d.core.Tensor(rays)
+        self._dirs = camera.rays()[1].reshape(-1, 3).astype(np.float32)  # [H*W, 3]
 
     def silhouette_shading(self, vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[V, 3] world vertices → (hit mask [H, W] bool, headlight shading [H, W] float32 in [0, 1])."""
         cam = self.camera
-        hit = raycasting_scene(vertices, self.faces).cast_rays(self._rays)
-        ok = np.isfinite(hit["t_hit"].numpy())
-        n = hit["primitive_normals"].numpy()
+        hit = raycasting_scene(vertices, self.faces).cast_rays(cam.center, self._dirs)
+        ok = np.isfinite(hit["t_hit"])
+        n = hit["primitive_normals"]
         # |n·d|: both windings look lit, and surfaces seen edge-on darken, which outlines the limbs.
         lam = np.abs((n * self._dirs).sum(1))
         shade = np.where(ok, 0.35 + 0.65 * lam, 0.0).astype(np.float32)

@@ -40,7 +40,7 @@ from engine.mesh.uv import (
 )
 from engine.refine.render import RENDER_MARGIN_M, RENDER_MARGIN_PX, person_box
 from engine.refine.session import Session, open_session
-from engine.render.raycast import raycasting_scene
+from engine.render.raycast import RaycastScene, raycasting_scene
 from engine.settings import check_choices
 from engine.texture.blend import FrameSamples, robust_blend
 from engine.texture.register import register_frame
@@ -103,15 +103,12 @@ def _face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return (n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def _depth_map(scene, view: SourceView) -> np.ndarray:
+def _depth_map(scene: RaycastScene, view: SourceView) -> np.ndarray:
     """Camera depth [h, w] of the posed mesh at the crop's pixel centres (inf where empty)."""
-    import open3d as o3d
-
     h, w = view.image.shape[:2]
     u, v = np.meshgrid(np.arange(w) + view.x0 + 0.5, np.arange(h) + view.y0 + 0.5)
-    o, d = rays_through(view.camera, np.stack([u, v], -1))
-    rays = np.concatenate([o, d], -1).reshape(-1, 6).astype(np.float32)
-    t = scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy().reshape(h, w)
+    _, d = rays_through(view.camera, np.stack([u, v], -1))
+    t = scene.cast_rays(view.camera.center, d)["t_hit"]
     return (t * (d @ view.camera.R[2])).astype(np.float32)
 
 
