@@ -2,9 +2,9 @@
 
 Both surfaces are sampled uniformly by area; every sample is matched to the exact closest point
 on the *other surface* (not to the other sample set), which removes the sampling noise floor of
-point-to-point Chamfer. Open3D's `RaycastingScene` (Embree BVH, float32) finds the closest
-triangle, and the closest point on that triangle is then recomputed in float64 so that distances
-between (near-)identical surfaces are not limited by float32 rounding.
+point-to-point Chamfer. The closest triangle is found exactly, in float64, by a bounded grid and
+KD-tree search (engine/metrics/closest.py) that needs only numpy and scipy (no open3d), so
+distances between (near-)identical surfaces are not limited by float32 rounding.
 
 Units: vertices in metres; Chamfer is reported in centimetres, F-score thresholds in metres.
 """
@@ -15,8 +15,8 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-import open3d as o3d
-import open3d.core as o3c
+
+from engine.metrics.closest import closest_triangles
 
 logger = logging.getLogger(__name__)
 
@@ -116,48 +116,6 @@ def sample_surface(
     return points, normals[face_idx]
 
 
-def _closest_points_on_triangles(
-    p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray
-) -> np.ndarray:
-    """Closest point on triangle (a, b, c) to p, row-wise, in float64.
-
-    Voronoi-region method of Ericson, "Real-Time Collision Detection", 5.1.5. All inputs
-    ``[N, 3]``; returns ``[N, 3]``. Triangles must be non-degenerate.
-    """
-
-    def dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return np.einsum("ij,ij->i", x, y)
-
-    ab, ac = b - a, c - a
-    ap, bp, cp = p - a, p - b, p - c
-    d1, d2 = dot(ab, ap), dot(ac, ap)
-    d3, d4 = dot(ab, bp), dot(ac, bp)
-    d5, d6 = dot(ab, cp), dot(ac, cp)
-    va = d3 * d6 - d5 * d4
-    vb = d5 * d2 - d1 * d6
-    vc = d1 * d4 - d3 * d2
-
-    with np.errstate(divide="ignore", invalid="ignore"):
-        denom = va + vb + vc
-        out = a + ab * (vb / denom)[:, None] + ac * (vc / denom)[:, None]  # face interior
-        # Ericson tests the regions in order A, B, AB, C, AC, BC and returns on the first hit;
-        # assigning in reverse order lets the earliest matching region win.
-        e_bc = (va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0)
-        w_bc = (d4 - d3) / ((d4 - d3) + (d5 - d6))
-        out[e_bc] = (b + (c - b) * w_bc[:, None])[e_bc]
-        e_ac = (vb <= 0) & (d2 >= 0) & (d6 <= 0)
-        out[e_ac] = (a + ac * (d2 / (d2 - d6))[:, None])[e_ac]
-        v_c = (d6 >= 0) & (d5 <= d6)
-        out[v_c] = c[v_c]
-        e_ab = (vc <= 0) & (d1 >= 0) & (d3 <= 0)
-        out[e_ab] = (a + ab * (d1 / (d1 - d3))[:, None])[e_ab]
-        v_b = (d3 >= 0) & (d4 <= d3)
-        out[v_b] = b[v_b]
-        v_a = (d1 <= 0) & (d2 <= 0)
-        out[v_a] = a[v_a]
-    return out
-
-
 def point_to_surface(
     points: np.ndarray, vertices: np.ndarray, faces: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -175,10 +133,12 @@ def point_to_surface(
         ``[N, 3]``, all float64.
 
     Raises:
-        ValueError: If the mesh is empty or all its faces are degenerate.
+        ValueError: If the mesh is empty, all its faces are degenerate, or a point is not finite.
     """
     v, f = _check_mesh(vertices, faces, "surface")
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    if not np.isfinite(pts).all():
+        raise ValueError("query points contain NaN or inf")
     areas, normals = _face_geometry(v, f)
     keep = areas > 0
     if not keep.any():
@@ -189,18 +149,7 @@ def point_to_surface(
     if len(pts) == 0:
         return np.zeros(0), np.zeros((0, 3)), np.zeros((0, 3))
 
-    # Embree works in float32; centre the coordinates first to keep its rounding small.
-    centre = v.mean(axis=0)
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(
-        o3c.Tensor(np.ascontiguousarray(v - centre, dtype=np.float32)),
-        o3c.Tensor(np.ascontiguousarray(f, dtype=np.uint32)),
-    )
-    query = o3c.Tensor(np.ascontiguousarray(pts - centre, dtype=np.float32))
-    prim = scene.compute_closest_points(query)["primitive_ids"].numpy().astype(np.int64)
-
-    tri = v[f[prim]]
-    closest = _closest_points_on_triangles(pts, tri[:, 0], tri[:, 1], tri[:, 2])
+    prim, closest = closest_triangles(pts, v, f)
     dist = np.linalg.norm(pts - closest, axis=1)
     return dist, closest, normals[prim]
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import open3d as o3d
 import pytest
 import trimesh
 from scipy.ndimage import gaussian_filter
+from skimage.measure import marching_cubes
 from skimage.metrics import peak_signal_noise_ratio
 
 from engine.metrics import (
@@ -24,6 +29,7 @@ from engine.metrics import (
     sample_surface,
     ssim,
 )
+from engine.metrics.closest import closest_points_on_triangles, closest_triangles
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -281,6 +287,127 @@ def test_mesh_metrics_rejects_empty_meshes():
         mesh_metrics(v, f, v, np.zeros((0, 3), dtype=int))
     with pytest.raises(ValueError, match="zero"):
         mesh_metrics(v, np.array([[0, 0, 1]]), v, f)
+
+
+def _torus(resolution: int = 72) -> tuple[np.ndarray, np.ndarray]:
+    """Marching-cubes torus (radii 0.3 m and 0.1 m), uneven triangles as in our extracted meshes."""
+    g = np.linspace(-0.45, 0.45, resolution)
+    x, y, z = np.meshgrid(g, g, g, indexing="ij")
+    sdf = np.hypot(np.hypot(x, y) - 0.3, z) - 0.1
+    step = g[1] - g[0]
+    v, f, _, _ = marching_cubes(sdf, 0.0, spacing=(step, step, step))
+    return v - 0.45 + np.array([0.5, -1.2, 2.0]), f.astype(np.int64)  # off the origin
+
+
+def _body_mesh() -> tuple[np.ndarray, np.ndarray]:
+    from engine.body import create_body_model
+
+    body = create_body_model()
+    v = body.canonical_vertices(body.default_shape()).detach().numpy().reshape(-1, 3)
+    return v.astype(np.float64), np.asarray(body.faces, dtype=np.int64)
+
+
+def _probe_points(v: np.ndarray, f: np.ndarray, seed: int) -> np.ndarray:
+    """Points on, near (both sides), a few cm off, inside and far from the surface."""
+    rng = np.random.default_rng(seed)
+    on, n = sample_surface(v, f, 3000, seed=seed)
+    offsets = rng.choice([0.0, 1e-6, -1e-6, 1e-3, -1e-3, 0.01, -0.03, 0.08], size=len(on))
+    lo, hi = v.min(axis=0), v.max(axis=0)
+    centre, size = (lo + hi) / 2, (hi - lo).max()
+    box = centre + (rng.random((1500, 3)) - 0.5) * (hi - lo)  # inside the bounding box
+    far = centre + rng.normal(size=(300, 3)) * 3 * size
+    return np.concatenate([on + offsets[:, None] * n, box, far, v[:200], centre[None]])
+
+
+@pytest.mark.parametrize("mesh", ["torus", "body"])
+def test_point_to_surface_twins_open3d_closest_points(mesh):
+    v, f = _torus() if mesh == "torus" else _body_mesh()
+    f = f[np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1) > 0]
+    pts = _probe_points(v, f, seed=3)
+    dist, closest, _ = point_to_surface(pts, v, f)
+    index, _ = closest_triangles(pts, v, f)
+
+    # Open3D's Embree query (float32, centred as the search it replaces did).
+    centre = v.mean(axis=0)
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(
+        o3d.core.Tensor((v - centre).astype(np.float32)), o3d.core.Tensor(f.astype(np.uint32))
+    )
+    ans = scene.compute_closest_points(o3d.core.Tensor((pts - centre).astype(np.float32)))
+    prim = ans["primitive_ids"].numpy().astype(np.int64)
+    o3d_dist = np.linalg.norm(ans["points"].numpy().astype(np.float64) + centre - pts, axis=1)
+    # The exact float64 distance to the triangle Open3D chose.
+    tri = v[f[prim]]
+    o3d_exact = np.linalg.norm(
+        closest_points_on_triangles(pts, tri[:, 0], tri[:, 1], tri[:, 2]) - pts, axis=1
+    )
+
+    np.testing.assert_allclose(np.linalg.norm(closest - pts, axis=1), dist, rtol=0, atol=1e-15)
+    assert np.all(dist <= o3d_dist + 1e-7)
+    assert np.all(dist <= o3d_exact + 1e-12)  # never worse than any one triangle
+    same = index == prim  # elsewhere a tie (a shared edge or vertex) or Open3D's float32 pick
+    assert same.mean() > 0.75
+    np.testing.assert_allclose(dist[same], o3d_exact[same], rtol=0, atol=1e-9)
+
+
+def test_point_to_surface_exact_on_mixed_triangle_sizes():
+    # Twelve large box triangles beside a fine sphere: the grid, its far-point fallback and the
+    # bounding-sphere pruning all meet triangles of very different sizes.
+    box = trimesh.creation.box(extents=(0.6, 0.4, 0.5))
+    ball = trimesh.creation.icosphere(subdivisions=3, radius=0.05)
+    ball.apply_translation([0.35, 0.0, 0.0])
+    v = np.vstack([box.vertices, ball.vertices])
+    f = np.vstack([box.faces, ball.faces + len(box.vertices)])
+    rng = np.random.default_rng(5)
+    pts = np.concatenate(
+        [
+            sample_surface(v, f, 300, seed=2)[0] + rng.normal(scale=0.01, size=(300, 3)),
+            rng.normal(scale=0.3, size=(200, 3)),
+            rng.normal(scale=5.0, size=(50, 3)),
+        ]
+    )
+    np.testing.assert_allclose(
+        point_to_surface(pts, v, f)[0], _brute_force_distances(pts, v, f), rtol=0, atol=1e-12
+    )
+
+
+def test_chamfer_without_open3d_on_parallel_squares():
+    # Two 1 m squares 1 cm apart, tessellated differently: every sample is exactly 1 cm from the
+    # other square, so chamfer_cm is 1 and only the 2 cm F-score counts it.
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["open3d"] = None  # any `import open3d` now raises ImportError
+        import numpy as np
+        from engine.metrics import chamfer_cm, mesh_metrics
+
+        def square(n, z):
+            g = np.linspace(0.0, 1.0, n + 1)
+            x, y = np.meshgrid(g, g, indexing="ij")
+            v = np.column_stack([x.ravel(), y.ravel(), np.full(x.size, z)])
+            i = np.arange(n)[:, None] * (n + 1) + np.arange(n)[None, :]
+            q = np.stack([i, i + n + 1, i + n + 2, i + 1], axis=-1).reshape(-1, 4)
+            return v, np.vstack([q[:, [0, 1, 2]], q[:, [0, 2, 3]]])
+
+        (va, fa), (vb, fb) = square(10, 0.0), square(7, 0.01)
+        print(chamfer_cm(va, fa, vb, fb, n_samples=5000))
+        m = mesh_metrics(va, fa, vb, fb, n_samples=5000)
+        print(m["normal_consistency"], m["fscore_1cm"], m["fscore_2cm"])
+        print("open3d" in sys.modules and sys.modules["open3d"] is None)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split("\n")
+    assert float(out[0]) == pytest.approx(1.0, abs=1e-9)
+    nc, f1, f2 = map(float, out[1].split())
+    assert nc == pytest.approx(1.0) and f1 == 0.0 and f2 == 1.0
+    assert out[2] == "True"
 
 
 # ---------------------------------------------------------------------------- body
