@@ -186,7 +186,8 @@ def _format_metrics(metrics: dict) -> str:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from engine.evaluation import EvalConfig, evaluate_job
 
-    cfg = EvalConfig(body_model_dir=args.body_model_dir, method=args.method, textured=not args.no_textured)
+    cfg = EvalConfig(body_model_dir=args.body_model_dir, method=args.method, textured=not args.no_textured,
+                     device=args.device)
     report = drive(evaluate_job(args.project, cfg, cancel=args.cancel), args.quiet)
     log.info("%s on %d held-out frames:\n%s", report["method"], len(report["frames"]), _format_metrics(report["metrics"]))
     if "textured" in report:
@@ -447,6 +448,7 @@ def _eval_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--no-textured", action="store_true",
                    help="score only the neural render (by default the textured mesh too, baking a texture if needed)")
     e.add_argument("--body-model-dir", metavar="DIR", help="SMPL/SMPL-X model folder (for such projects)")
+    _add_device_arg(e)
 
 
 def _bake_args(b: argparse.ArgumentParser) -> None:

@@ -30,7 +30,7 @@ from engine.project_body import load_project_body
 from engine.refine.checkpoint import checkpoint_path
 from engine.refine.session import Session, median_background, open_session
 from engine.render.raycast import render_mesh
-from engine.settings import check_choices
+from engine.settings import Device, check_choices
 from engine.synth.ground_truth import GroundTruth
 from engine.texture import BakeConfig, bake_session, load_bake, render_textured, texture_dir
 
@@ -63,6 +63,8 @@ class EvalConfig:
     """Also score the textured mesh (the project's bake for this checkpoint; baked first when there is none)."""
     texture_size: int = 2048
     """Size of the texture baked for scoring when the project has none."""
+    device: Device = "cpu"
+    """Compute device of the avatar's renders and test-time pose fits."""
 
     def validate(self) -> None:
         """Raises UserError naming the first bad value."""
@@ -196,7 +198,7 @@ def _textured_row(session: Session, textured, i: int, neural_rgb: np.ndarray, op
 
 def _evaluate_avatar(project: Project, gt: GroundTruth | None, config: EvalConfig, cancel: CancelToken,
                      t0: float) -> Iterator[Event]:
-    session = open_session(project.root, None, "cpu", config.body_model_dir, require_checkpoint=True)
+    session = open_session(project.root, None, config.device, config.body_model_dir, require_checkpoint=True)
     frames = list(config.frames) if config.frames is not None else (project.held_out or list(range(project.num_frames)))
     textured = yield from _textured(session, config, cancel)
     yield Progress("evaluate: mesh", 0, 1)
@@ -222,7 +224,7 @@ def _evaluate_avatar(project: Project, gt: GroundTruth | None, config: EvalConfi
             row.update(mesh_metrics(posed.vertices, posed.faces, gt.posed_vertices(i), gt.faces,
                                     n_samples=config.mesh_samples))
             with torch.no_grad():
-                verts = session.frame_pose(i).vertices
+                verts = session.frame_pose(i).vertices.cpu().numpy()
             true_body = session.body.posed_vertices(gt.body.frame(i))[0].numpy()
             row["mpvpe_cm"] = mpvpe_cm(verts, true_body, align="none")
         per_frame.append(row)

@@ -137,6 +137,7 @@ class BakedBody(BodyModel):
         self.semantic_bones = {str(k): int(v) for k, v in zip(arrays["semantic_names"], arrays["semantic_bones"])}
         self.head_bones = tuple(str(n) for n in arrays["head_bones"])
         self.hand_bones = tuple(str(n) for n in arrays["hand_bones"])
+        self._checked: torch.Tensor | None = None
         self._levels = _levels(self.bone_parents)
         self._level_parents = [torch.as_tensor(self.bone_parents)[lv] for lv in self._levels]
 
@@ -147,8 +148,12 @@ class BakedBody(BodyModel):
         return rotvec_yup @ self._native.to(rotvec_yup)
 
     def _check_shape(self, shape: torch.Tensor) -> None:
-        if shape.shape != self.shape.shape or not torch.allclose(shape.detach().cpu().float(), self.shape, atol=1e-6):
+        if shape is self._checked:  # the same tensor again (every step): no comparison, no device sync
+            return
+        if shape.shape != self.shape.shape or not torch.allclose(shape.detach().to(self.shape).float(), self.shape,
+                                                                 atol=1e-6):
             raise ValueError("this project's body was stored for another shape; run preprocessing again")
+        self._checked = shape
 
     def _rest(self, shape: torch.Tensor) -> torch.Tensor:
         self._check_shape(shape)
@@ -166,6 +171,5 @@ class BakedBody(BodyModel):
         local = self._pre.to(pose) @ rot @ self._post.to(pose)  # [N, J, 4, 4]
         tf = local
         for bones, parents in zip(self._levels[1:], self._level_parents[1:]):
-            bones, parents = bones.to(pose.device), parents.to(pose.device)
-            tf = tf.index_copy(1, bones, tf[:, parents] @ local[:, bones])
+            tf = tf.index_copy(1, bones.to(pose.device), tf[:, parents.to(pose.device)] @ local[:, bones.to(pose.device)])
         return tf

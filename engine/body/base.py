@@ -11,6 +11,7 @@ space is the star pose (legs apart), as in Vid2Avatar.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -89,6 +90,20 @@ class BodyModel:
         return rotvec_yup
 
     # ---- shared -----------------------------------------------------------------------------
+    def to(self, device: torch.device | str) -> BodyModel:
+        """A copy whose arrays live on `device` (the same model when they already do), so that posing runs
+        there. Only for models whose posing is plain torch on their own arrays (`BakedBody`)."""
+        device = torch.device(device)
+        if self.skin_weights.device == device:
+            return self
+        moved = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(moved, name, value.to(device))
+            elif isinstance(value, list) and value and all(isinstance(v, torch.Tensor) for v in value):
+                setattr(moved, name, [v.to(device) for v in value])
+        return moved
+
     @property
     def num_bones(self) -> int:
         return len(self.bone_names)

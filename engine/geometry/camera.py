@@ -64,9 +64,15 @@ def rays_through(camera: Camera, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.broadcast_to(camera.center, d.shape).copy(), d
 
 
-def pixel_rays(camera: Camera, pix: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_rays(camera: Camera, pix: np.ndarray | torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Rays through the centres of integer pixels pix [R, 2] (x, y): origins, unit dirs [R, 3] (world,
-    float32 tensors on `device`)."""
+    float32 tensors on `device`). Pixels given as a tensor stay where they are (no host round trip)."""
+    if isinstance(pix, torch.Tensor):
+        to_world = torch.as_tensor(np.linalg.inv(camera.K).T @ camera.R, dtype=torch.float32, device=device)
+        xy = pix.to(device=device, dtype=torch.float32) + 0.5
+        d = torch.cat([xy, torch.ones_like(xy[:, :1])], 1) @ to_world
+        d = d / d.norm(dim=1, keepdim=True)
+        return torch.as_tensor(camera.center, dtype=torch.float32, device=device).expand_as(d), d
     o, d = rays_through(camera, np.asarray(pix, np.float64) + 0.5)
     return (torch.as_tensor(o, dtype=torch.float32, device=device),
             torch.as_tensor(d, dtype=torch.float32, device=device))

@@ -13,6 +13,8 @@ Layout (schema 1)::
       cameras.json     {"frames": [{"K", "R", "t", "width", "height"}, ...]} world→camera, OpenCV axes
       body.npz         fitted body: shape [S], pose [N,J,3], global_orient [N,3], transl [N,3]
                        (axis-angle; conventions in engine/body/base.py)
+      body_model.npz   the body model at the fitted shape and its canonical SDF grid, so that later stages
+                       need neither the body model's package nor open3d (engine/project_body.py)
       keypoints.npy    optional 2D keypoints [N, K, 3] (x, y, confidence), KEYPOINT_NAMES order
       preprocess_config.json, preprocess_report.json, overlay.mp4, overlay_sheet.png
                        written by `preprocess` (engine/preprocess/job.py): the resolved settings;
@@ -25,7 +27,8 @@ Layout (schema 1)::
       exports/         where the app proposes to export meshes
 
 Held-out frames (every 5th: indices 4, 9, 14, ...) are never used for training; they are where
-image metrics are reported. Every write is atomic; a project is only read, never "fixed up".
+image metrics are reported. Every write is atomic; a project is only read, never "fixed up", except that
+a project older than body_model.npz gains it on first use.
 """
 
 from engine.project.project import (

@@ -21,7 +21,7 @@ class FramePose:
 
     index: int
     transforms: torch.Tensor  # [J, 4, 4] rest → world (differentiable in the refinements)
-    vertices: np.ndarray  # [V, 3] posed body vertices (no grad; for nearest-vertex lookups)
+    vertices: torch.Tensor  # [V, 3] posed body vertices on the session's device (no grad)
     tree: cKDTree | None  # over the lookup vertices (CPU sessions; None on another device)
     features: torch.Tensor | None = None  # [1, C, H, W] geometry-encoder features of the frame (optional)
     camera: Camera | None = None  # the frame's camera (with `features`)
@@ -51,34 +51,41 @@ class Deformer:
         self.weights = body.skin_weights.to(device)
         self.canonical_vertices = body.canonical_vertices(params.shape)  # [V, 3]
         self.pose_bones = sorted(set(body.semantic_bones.values()))
+        # Posing every step runs on the device (no host round trip); `body`, `rest` and `params` stay on the
+        # CPU for the callers that pose meshes there.
+        self._posing = body.to(device)
+        self._rest_dev = self.rest.to(device)
+        self._shape_dev = self.shape.to(device)
+        self._base_dev = tuple(t.to(device) for t in (params.pose, params.global_orient, params.transl))
+        self._pose_bones_dev = torch.tensor(self.pose_bones, device=device)
+        self.canonical_vertices_dev = self.canonical_vertices.to(device)
         # Nearest-vertex lookups (the costliest part of a step) use one vertex per 1.5 cm voxel of the
         # canonical body: skinning weights vary smoothly, and Anny's 13.7k vertices crowd the face and hands.
         self.semantic_pose = params.pose[:, self.pose_bones].to(device)  # [N, B, 3] stored poses
         self.lookup = _voxel_subset(self.canonical_vertices.numpy(), LOOKUP_VOXEL)
-        self.lookup_weights = self.weights[torch.as_tensor(self.lookup, device=device)]
+        self._lookup_dev = torch.as_tensor(self.lookup, device=device)
+        self.lookup_weights = self.weights[self._lookup_dev]
         # How much each canonical vertex is face or hand (the fit keeps the body's shape there).
         self.detail_weights = body.detail_weights(self.canonical_vertices).to(device)
 
     def base(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stored pose [J, 3], global orientation [3] and translation [3] of frame i."""
-        return self.params.pose[i], self.params.global_orient[i], self.params.transl[i]
+        """Stored pose [J, 3], global orientation [3] and translation [3] of frame i (on the device)."""
+        return tuple(t[i] for t in self._base_dev)
 
     def frame(self, i: int, pose_delta: torch.Tensor | None = None, transl_delta: torch.Tensor | None = None,
               base: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> FramePose:
         """Body of frame i with refinements (deltas on the semantic bones and the translation) on top of
         `base` (pose, orientation, translation; default: the stored body of frame i)."""
-        pose, orient, transl = base if base is not None else self.base(i)
-        pose, transl = pose.clone(), transl.clone()
+        pose, orient, transl = (t.to(self.device) for t in (base if base is not None else self.base(i)))
         if pose_delta is not None:
-            pose = pose.index_add(0, torch.tensor(self.pose_bones), pose_delta.cpu())
-            transl = transl + transl_delta.cpu()
-        p = BodyParams(self.shape, pose[None], orient[None], transl[None])
-        tfs, verts = self.body.posed(p, rest=self.rest)
-        verts = verts[0].detach().numpy()
+            pose = pose.index_add(0, self._pose_bones_dev, pose_delta.to(self.device))
+            transl = transl + transl_delta.to(self.device)
+        p = BodyParams(self._shape_dev, pose[None], orient[None], transl[None])
+        tfs, verts = self._posing.posed(p, rest=self._rest_dev)
+        verts = verts[0].detach()
         if self.device.type == "cpu":
-            return FramePose(i, tfs[0].to(self.device), verts, cKDTree(verts[self.lookup]))
-        lookup = torch.as_tensor(verts[self.lookup], device=self.device)
-        return FramePose(i, tfs[0].to(self.device), verts, None, lookup_vertices=lookup)
+            return FramePose(i, tfs[0], verts, cKDTree(verts.numpy()[self.lookup]))
+        return FramePose(i, tfs[0], verts, None, lookup_vertices=verts[self._lookup_dev])
 
     def to_canonical(self, x: torch.Tensor, fp: FramePose, bound: float = np.inf) -> tuple[torch.Tensor, torch.Tensor]:
         """World points [P, 3] → canonical points [P, 3] and distance to the body [P]. Points farther than

@@ -41,9 +41,9 @@ def image_losses(cfg: RefineConfig, out: RaysOut, pred: torch.Tensor, gt: torch.
         losses["bce"] = cfg.w_bce * (-(op * op.log() + (1 - op) * (1 - op).log())).mean()
     # Floating matter: opacity away from the body where the mask shows no person (loose clothing far from
     # the body is in the mask, and must not be pushed away).
-    off = (out.body_dist > EMPTY_DISTANCE) & (gt_mask < 0.5)
-    if "sparse" in terms and cfg.w_sparse > 0 and off.any():
-        losses["sparse"] = cfg.w_sparse * min(1.0, p / 0.2) * out.opacity[off].mean()
+    off = ((out.body_dist > EMPTY_DISTANCE) & (gt_mask < 0.5)).float()
+    if "sparse" in terms and cfg.w_sparse > 0:  # a masked mean (0 without such rays): no host round trip
+        losses["sparse"] = cfg.w_sparse * min(1.0, p / 0.2) * (out.opacity * off).sum() / off.sum().clamp(min=1)
     return losses
 
 
@@ -87,9 +87,9 @@ def shape_losses(cfg: RefineConfig, avatar: Avatar, points: torch.Tensor, detail
     losses = {"eikonal": cfg.w_eikonal * ((gnorm - 1) ** 2).mean()}
     with torch.no_grad():
         body = avatar.sdf.body_sdf(points[:n])
-    deep = body < -0.02
-    if cfg.w_inshape > 0 and deep.any():
-        losses["inshape"] = cfg.w_inshape * F.relu(s0[:n][deep]).mean()
+    deep = (body < -0.02).float()
+    if cfg.w_inshape > 0:
+        losses["inshape"] = cfg.w_inshape * (F.relu(s0[:n]) * deep).sum() / deep.sum().clamp(min=1)
     if cfg.w_detail > 0 and detail is not None:
         losses["detail"] = cfg.w_detail * (detail * (s0[:n] - body).abs()).mean()
     if len(points) > n:

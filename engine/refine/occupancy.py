@@ -38,6 +38,17 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("wanted", torch.zeros(*dims.tolist(), dtype=torch.bool))
         # How far the occupied region reaches from the naked body (metres): bounds the rays' search box.
         self.register_buffer("reach", torch.tensor(0.0))
+        self._cells: torch.Tensor | None = None  # flat indices of the occupied cells, while they stand
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._cells = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def occupied_cells(self) -> torch.Tensor:
+        """Flat indices [N] of the occupied cells (found once per change of the grid, not per step)."""
+        if self._cells is None or self._cells.device != self.occupied.device:
+            self._cells = self.occupied.view(-1).nonzero()[:, 0]
+        return self._cells
 
     @property
     def dims(self) -> tuple[int, int, int]:
@@ -67,7 +78,8 @@ class OccupancyGrid(nn.Module):
         """Keeps the cells of canonical points [P, 3] at the next update (rays in the person mask that
         found no surface: the surface has to grow towards them)."""
         flat, inside = self._flat(x)
-        self.wanted.view(-1)[flat[inside]] = True
+        # A max-scatter, not boolean indexing: no host round trip on a GPU (outside points write 0).
+        self.wanted.view(-1).view(torch.uint8).scatter_reduce_(0, flat, inside.to(torch.uint8), reduce="amax")
 
     @torch.no_grad()
     def fill(self, body_sdf: SdfFn, band: float, chunk: int = 262144) -> None:
@@ -78,6 +90,7 @@ class OccupancyGrid(nn.Module):
             flat = torch.arange(s, min(n, s + chunk), device=occ.device)
             occ[flat] = body_sdf(self.centres(flat)) < band
         self.occupied.copy_(occ.view(self.dims))
+        self._cells = None
         self.reach.fill_(band + self.half_diagonal)
         self.wanted.zero_()
 
@@ -99,6 +112,7 @@ class OccupancyGrid(nn.Module):
             k = 2 * grow + 1
             kept = F.max_pool3d(kept[None, None].float(), k, stride=1, padding=grow)[0, 0] > 0
         self.occupied.copy_(kept)
+        self._cells = None
         self.wanted.zero_()
         self.reach.fill_(self._reach(body_sdf, chunk))
 

@@ -79,8 +79,9 @@ def _search_field(avatar: Avatar, deformer: Deformer, fp: FramePose, pts: torch.
     xc, dist, _ = canonical_points(avatar, deformer, fp, pts, shell)
     near = occupied(avatar, xc, dist, shell)
     sdf = torch.full_like(dist, FAR)
-    if near.any():
-        sdf[near] = avatar.sdf(xc[near])[0]
+    idx = near.nonzero()[:, 0]  # the compaction is the one host round trip here (len)
+    if len(idx):
+        sdf[idx] = avatar.sdf(xc[idx])[0]
     return sdf, dist, torch.where(near[:, None], xc, torch.full_like(xc, float("nan")))
 
 
@@ -91,9 +92,9 @@ def render_rays(avatar: Avatar, deformer: Deformer, fp: FramePose, origins: torc
     dev = origins.device
     R = origins.shape[0]
     # The search spans the box the occupied region can reach around the posed body.
-    pad = min(shell, float(avatar.occupancy.reach))
-    lo = torch.as_tensor(fp.vertices.min(0) - pad, dtype=origins.dtype, device=dev)
-    hi = torch.as_tensor(fp.vertices.max(0) + pad, dtype=origins.dtype, device=dev)
+    pad = avatar.occupancy.reach.clamp(max=shell).to(origins)
+    verts = fp.vertices.to(origins)
+    lo, hi = verts.amin(0) - pad, verts.amax(0) + pad
     near, far = ray_box(origins, dirs, lo, hi)
     hit = far > near + 1e-4
     rgb = torch.zeros(R, 3, device=dev)
@@ -103,9 +104,9 @@ def render_rays(avatar: Avatar, deformer: Deformer, fp: FramePose, origins: torc
     crossed = torch.zeros(R, dtype=torch.bool, device=dev)
     closest_c = torch.full((R, 3), float("nan"), device=dev)
     empty = torch.zeros(0, 3, device=dev)
-    if not hit.any():
-        return RaysOut(rgb, opacity, depth, body_dist, empty, empty, crossed=crossed, closest_c=closest_c)
     ids = hit.nonzero()[:, 0]
+    if not len(ids):
+        return RaysOut(rgb, opacity, depth, body_dist, empty, empty, crossed=crossed, closest_c=closest_c)
     o, d, n0, f0 = origins[ids], dirs[ids], near[ids], far[ids]
     r = len(ids)
 
@@ -122,8 +123,7 @@ def render_rays(avatar: Avatar, deformer: Deformer, fp: FramePose, origins: torc
         closest_c[ids] = xc_c.view(r, coarse, 3).gather(1, amin[:, None, None].expand(-1, 1, 3))[:, 0]
 
     if sampler == "shell":
-        beta = float(avatar.beta.detach())
-        half = min(max(4 * beta, 0.02), 0.08)
+        half = (4 * avatar.beta.detach()).clamp(0.02, 0.08)  # a tensor: no host round trip
         # First outside→inside crossing, else the closest approach if it is within the window.
         cross = (sdf_c[:, :-1] > 0) & (sdf_c[:, 1:] <= 0)
         has = cross.any(1)
@@ -136,9 +136,9 @@ def render_rays(avatar: Avatar, deformer: Deformer, fp: FramePose, origins: torc
         t_close = t_c.gather(1, amin[:, None])[:, 0]
         centre = torch.where(has, t_cross, t_close)
         active = has | (smin < half)
-        if not active.any():
-            return RaysOut(rgb, opacity, depth, body_dist, empty, empty, crossed=crossed, closest_c=closest_c)
         keep = active.nonzero()[:, 0]
+        if not len(keep):
+            return RaysOut(rgb, opacity, depth, body_dist, empty, empty, crossed=crossed, closest_c=closest_c)
         v = (torch.arange(fine, device=dev) + torch.rand(len(keep), fine, device=dev, generator=generator)) / fine
         t_f = centre[keep, None] + (2 * v - 1) * half
         t_end = centre[keep] + half

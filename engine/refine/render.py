@@ -23,13 +23,16 @@ RENDER_MARGIN_PX = 8.0
 TRAIN_MARGIN_PX = 15.0
 
 
-def person_box(camera: Camera, vertices: np.ndarray, margin_m: float = 0.0, margin_px: float = 0.0
-               ) -> tuple[np.ndarray, np.ndarray]:
+def person_box(camera: Camera, vertices: np.ndarray | torch.Tensor, margin_m: float = 0.0, margin_px: float = 0.0):
     """Image box of the projected body [V, 3] grown by `margin_m` metres (at the camera's distance) plus
-    `margin_px` pixels, clipped to the image: (x, y) of its low and high corners, [2] each (float)."""
+    `margin_px` pixels, clipped to the image: (x, y) of its low and high corners, [2] each (float; tensors on
+    the vertices' device when given a tensor)."""
     uv = project(vertices, camera)
     m = margin_m * camera.K[0, 0] / max(float(camera.t[2]), 1.0) + margin_px
     top = [camera.width - 1, camera.height - 1]
+    if isinstance(uv, torch.Tensor):
+        top_t = torch.tensor(top, dtype=uv.dtype, device=uv.device)
+        return ((uv.amin(0) - m).clamp(min=0).minimum(top_t), (uv.amax(0) + m).clamp(min=0).minimum(top_t))
     return np.clip(uv.min(0) - m, 0, top), np.clip(uv.max(0) + m, 0, top)
 
 
@@ -68,7 +71,7 @@ def render_frame(avatar: Avatar, deformer: Deformer, fp: FramePose, camera: Came
         raise ValueError(f"stride must be at least 1 (got {stride})")
     H, W = camera.height, camera.width
     reach = min(cfg.shell, max(RENDER_MARGIN_M, float(avatar.occupancy.reach)))
-    lo, hi = person_box(camera, fp.vertices, reach, RENDER_MARGIN_PX)
+    lo, hi = person_box(camera, fp.vertices.cpu().numpy(), reach, RENDER_MARGIN_PX)
     x0, y0 = np.floor(lo).astype(int)
     x1, y1 = np.ceil(hi).astype(int)
     ys, xs = np.arange(0, H, stride), np.arange(0, W, stride)

@@ -81,13 +81,13 @@ class Session:
         score held-out frames, which the avatar never saw."""
         cfg, av = self.cfg, self.avatar
         base = self.base_params(i)
-        d_pose = torch.zeros(len(self.deformer.pose_bones), 3, requires_grad=True)
-        d_tr = torch.zeros(3, requires_grad=True)
+        d_pose = torch.zeros(len(self.deformer.pose_bones), 3, device=self.device, requires_grad=True)
+        d_tr = torch.zeros(3, device=self.device, requires_grad=True)
         opt = torch.optim.Adam([d_pose, d_tr], lr=lr)
         cam = self.cameras[i]
         image = torch.as_tensor(self.project.frame(i), device=self.device)
         mask = torch.as_tensor(self.project.mask(i), device=self.device).float()
-        lo, hi = person_box(cam, self.deformer.frame(i, base=base).vertices, margin_px=TRAIN_MARGIN_PX)
+        lo, hi = person_box(cam, self.deformer.frame(i, base=base).vertices.cpu().numpy(), margin_px=TRAIN_MARGIN_PX)
         with torch.no_grad():
             enc = self._with_encoding(self.deformer.frame(i, base=base), image)
         g = np.random.default_rng(i)
@@ -140,9 +140,9 @@ class Session:
         (no gradients)."""
         with torch.no_grad():
             pose, orient, transl = self.deformer.base(i)
-            d_pose, d_tr = (t.cpu() for t in self.avatar.frame_deltas(i))
-            pose = pose.index_add(0, torch.tensor(self.deformer.pose_bones), d_pose)
-            return pose, orient, transl + self._in_image_plane(i, d_tr)
+            d_pose, d_tr = self.avatar.frame_deltas(i)
+            pose = pose.index_add(0, torch.tensor(self.deformer.pose_bones, device=pose.device), d_pose.to(pose))
+            return pose, orient, transl + self._in_image_plane(i, d_tr.to(transl))
 
     def base_params(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What a frame's refinements apply to. Training frames: their stored body. Held-out frames: of
@@ -186,7 +186,7 @@ class Session:
         its projected keypoints to the detected ones (confidence ≥ 0.5) in person heights."""
         from engine.render.raycast import render_mesh  # open3d: only held-out frames need it
 
-        pose, orient, transl = base
+        pose, orient, transl = (t.cpu() for t in base)
         p = BodyParams(self.params.shape, pose[None], orient[None], transl[None])
         with torch.no_grad():
             _, verts = self.body.posed(p, rest=self.deformer.rest)

@@ -115,10 +115,10 @@ def body_points(session: Session, n: int, gen: torch.Generator, detail: bool = F
     """n canonical points [n, 3] near the body's surface (within a few cm), on the session's device; with
     `detail`, also how much each belongs to the face or a hand [n]."""
     d = session.deformer
-    cv = d.canonical_vertices
-    idx = torch.randint(0, len(cv), (n,), generator=gen, device=gen.device).cpu()
-    pts = cv[idx].to(session.device) + 0.03 * torch.randn(n, 3, generator=gen, device=gen.device).to(session.device)
-    return (pts, d.detail_weights[idx.to(d.detail_weights.device)]) if detail else pts
+    cv = d.canonical_vertices_dev
+    idx = torch.randint(0, len(cv), (n,), generator=gen, device=gen.device).to(cv.device)
+    pts = cv[idx] + 0.03 * torch.randn(n, 3, generator=gen, device=gen.device).to(cv.device)
+    return (pts, d.detail_weights[idx]) if detail else pts
 
 
 def shape_points(session: Session, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +127,7 @@ def shape_points(session: Session, n: int, gen: torch.Generator) -> tuple[torch.
     needs a valid SDF too; those get no face-or-hand weight)."""
     occ = session.avatar.occupancy
     m = n // 4
-    cells = occ.occupied.view(-1).nonzero()[:, 0]
+    cells = occ.occupied_cells()
     if not len(cells) or m == 0:
         return body_points(session, n, gen, detail=True)
     pick = cells[torch.randint(0, len(cells), (m,), generator=gen, device=gen.device).to(cells.device)]
@@ -169,14 +169,14 @@ def train_step(session: Session, opt: Optimizers, data: TrainData, n_rays: int, 
     f = int(rng.choice(train))
     cam = session.cameras[f]
     fp = session.frame_pose(f, data.images[f])
-    # Rays: most inside the projected body's box (no mask needed), the rest anywhere.
+    # Rays: most inside the projected body's box (no mask needed), the rest anywhere; drawn on the device.
     lo, hi = person_box(cam, fp.vertices, margin_px=TRAIN_MARGIN_PX)
     n_in = int(n_rays * cfg.person_ray_fraction)
-    pin = rng.uniform(lo, hi + 1, size=(n_in, 2)).astype(int)
-    pout = rng.uniform([0, 0], [cam.width, cam.height], size=(n_rays - n_in, 2)).astype(int)
-    pix = np.clip(np.concatenate([pin, pout]), 0, [cam.width - 1, cam.height - 1])
-    o, d = pixel_rays(cam, pix, dev)
-    pt = torch.as_tensor(pix, device=dev)
+    size = torch.tensor([cam.width, cam.height], device=dev)
+    pin = lo + (hi + 1 - lo) * torch.rand(n_in, 2, generator=gen, device=dev)
+    pout = size * torch.rand(n_rays - n_in, 2, generator=gen, device=dev)
+    pt = torch.cat([pin, pout]).long().clamp(min=0).minimum(size - 1)
+    o, d = pixel_rays(cam, pt, dev)
     gt = data.images[f][pt[:, 1], pt[:, 0]]
     gm = data.masks[f][pt[:, 1], pt[:, 0]].float()
 
@@ -212,24 +212,22 @@ def train_step(session: Session, opt: Optimizers, data: TrainData, n_rays: int, 
         losses |= L.pose_losses(cfg, d_pose, d_tr, own, target)
     total = sum(losses.values())
     opt.zero_grad(set_to_none=True)
-    if not torch.isfinite(total):
-        return None
     total.backward()
-    for group in opt.param_groups:
-        for prm in group["params"]:
-            g = prm.grad
-            if g is not None and g.is_sparse:
-                g = g.coalesce().values()
-            if g is not None and not torch.isfinite(g).all():
-                opt.zero_grad(set_to_none=True)
-                return None
+    grads = [g.coalesce().values() if g.is_sparse else g
+             for group in opt.param_groups for prm in group["params"] if (g := prm.grad) is not None]
+    finite = torch.stack([torch.isfinite(total), *(torch.isfinite(g).all() for g in grads)]).all()
+    with torch.no_grad():
+        mse = ((pred - gt) ** 2).mean()
+    # The step's one host round trip: whether it counts, and the values the caller logs.
+    host = torch.stack([finite.float(), total.detach(), av.beta.detach(), mse, *(v.detach() for v in losses.values())
+                        ]).tolist()
+    if not host[0]:
+        opt.zero_grad(set_to_none=True)
+        return None
     opt.step()
     av.occupancy.mark(wanted)  # only a step that counts changes anything
-    values = {k: float(v.detach()) for k, v in losses.items()}
-    values["total"] = float(total.detach())
-    values["beta"] = float(av.beta.detach())
-    with torch.no_grad():
-        values["psnr_batch"] = float(-10 * math.log10(max(float(((pred - gt) ** 2).mean()), 1e-10)))
+    values = dict(zip(losses, host[4:]))
+    values |= {"total": host[1], "beta": host[2], "psnr_batch": -10 * math.log10(max(host[3], 1e-10))}
     return values
 
 

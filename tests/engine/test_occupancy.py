@@ -77,8 +77,7 @@ def _dense_render(session, i, o, d, samples=1536):
     """Reference twin: every ray sampled densely over its box, the field asked everywhere within the shell
     (no occupancy grid, no search window)."""
     av, fp, shell = session.avatar, session.frame_pose(i), session.cfg.shell
-    lo = torch.as_tensor(fp.vertices.min(0) - shell, dtype=torch.float32)
-    hi = torch.as_tensor(fp.vertices.max(0) + shell, dtype=torch.float32)
+    lo, hi = fp.vertices.amin(0) - shell, fp.vertices.amax(0) + shell
     near, far = ray_box(o, d, lo, hi)
     t = near[:, None] + (far - near)[:, None] * (torch.arange(samples) + 0.5) / samples
     pts = (o[:, None] + d[:, None] * t[..., None]).reshape(-1, 3)
