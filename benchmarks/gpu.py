@@ -55,12 +55,16 @@ def cpu_reference() -> dict:
 
 def prepare(work: Path) -> Path:
     """Synthesises the standard scene into work/scene_standard (needs the desktop stack)."""
-    from engine.synth.scene import synth_job  # Anny and open3d: not on a GPU node
+    from engine.synth.scene import synth_job
 
     scene = work / SCENE
     if not (scene / "project").exists():
         log.info("synthesising the standard scene into %s", scene)
-        run_job(synth_job(STANDARD_SCENE, scene))
+        try:
+            run_job(synth_job(STANDARD_SCENE, scene))
+        except ImportError as e:
+            sys.exit(f"--prepare needs the desktop install ({e.name} is missing): run it where `make` set up the "
+                     "project, then copy the scene here.")
     return scene
 
 

@@ -28,6 +28,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import factorized
 
 from engine.mesh.extract import vertex_normals
+from engine.metrics.closest import closest_triangles
 
 MAX_INFLUENCES = 4  # glTF's JOINTS_0 / WEIGHTS_0 carry four per vertex
 
@@ -64,18 +65,17 @@ def nearest_surface_weights(points: np.ndarray, body_vertices: np.ndarray, body_
     Returns:
         weights [P, B], the distance to the body's surface [P] and the body's outward unit normal there [P, 3].
     """
-    import open3d as o3d  # costly import: only here
-
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(o3d.core.Tensor(np.asarray(body_vertices, np.float32)),
-                        o3d.core.Tensor(np.asarray(body_faces, np.uint32)))
-    got = scene.compute_closest_points(o3d.core.Tensor(np.asarray(points, np.float32)))
-    closest = got["points"].numpy().astype(np.float64)
-    tri = np.asarray(body_faces)[got["primitive_ids"].numpy().astype(np.int64)]  # [P, 3]
-    bary = barycentric(closest, *(np.asarray(body_vertices, np.float64)[tri[:, k]] for k in range(3)))
+    v = np.asarray(body_vertices, np.float64)
+    f = np.asarray(body_faces, np.int64)
+    n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    area = np.linalg.norm(n, axis=1)
+    f, n = f[area > 0], n[area > 0] / area[area > 0, None]  # degenerate faces have no closest point of their own
+    p = np.asarray(points, np.float64)
+    face, closest = closest_triangles(p, v, f)
+    tri = f[face]  # [P, 3]
+    bary = barycentric(closest, *(v[tri[:, k]] for k in range(3)))
     weights = np.einsum("pk,pkb->pb", bary, np.asarray(body_weights, np.float64)[tri])
-    normals = got["primitive_normals"].numpy().astype(np.float64)
-    return weights, np.linalg.norm(np.asarray(points, np.float64) - closest, axis=1), normals
+    return weights, np.linalg.norm(p - closest, axis=1), n[face]
 
 
 def barycentric(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:

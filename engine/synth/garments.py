@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import open3d as o3d
 import torch
 from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes
@@ -140,6 +139,8 @@ def _skirt(cov: dict, rng: np.random.Generator, body_verts: np.ndarray):
 
 def clothed_canonical_mesh(body: BodyModel, shape, garment: str, rng: np.random.Generator, voxel: float = 0.008) -> ClothedMesh:
     """Builds the clothed canonical mesh for one person."""
+    import open3d as o3d  # only where a scene is made: the rest of the engine imports this package without it
+
     bverts = body.canonical_vertices(torch.as_tensor(shape)).numpy().astype(np.float64)
     faces = body.faces
     cov = coverage(body, bverts, garment, rng)

@@ -1,4 +1,4 @@
-"""A project carries its body (engine/project_body.py): `fit`, `export`, `eval` and `render` run where
+"""A project carries its body (engine/project_body.py): `fit`, `export`, `eval`, `render` and `prior train` run where
 Anny, open3d and mediapipe cannot be imported (a GPU node), and an older project without the body file
 either gains it or says clearly what to do."""
 
@@ -30,8 +30,8 @@ def _ok(res: subprocess.CompletedProcess) -> None:
 
 
 def test_fit_export_eval_render_without_the_desktop_stack(small_scene, tmp_path):
-    proj = tmp_path / "project"
-    shutil.copytree(small_scene / "project", proj)
+    shutil.copytree(small_scene, tmp_path / "scene")  # with its ground truth: eval scores the meshes
+    proj = tmp_path / "scene" / "project"
     _ok(_run("fit", str(proj), "--iters", "15", "--checkpoint-every", "15"))
     assert (proj / "checkpoints" / "last.pt").exists()
 
@@ -56,6 +56,10 @@ def test_fit_export_eval_render_without_the_desktop_stack(small_scene, tmp_path)
 
     _ok(_run("render", str(proj), "--video", str(tmp_path / "motion.mp4")))
     assert (tmp_path / "motion.mp4").stat().st_size > 10_000
+
+    _ok(_run("prior", "train", str(small_scene / "project"), "--out", str(tmp_path / "prior"), "--rounds", "1",
+             "--visit-steps", "2", "--eval-every", "0"))
+    assert (tmp_path / "prior" / "prior.pt").exists()
 
 
 def test_an_older_project_gains_its_body_file_or_says_what_to_do(small_scene, tmp_path):
