@@ -341,7 +341,7 @@ def preprocess_job(video: str | Path, project_dir: str | Path, config: Preproces
 def _write_overlay(stage: Path, body, track: PersonTrack, fit: BodyFitResult, camera, fps: float,
                    config: PreprocessConfig, cancel: CancelToken) -> Iterator[Event]:
     """overlay.mp4 (every frame) and overlay_sheet.png (a few frames, the worst fitted among them)."""
-    # Imported here: overlay.py imports open3d (1.5 s), which refusals of bad input should not wait for.
+    # Imported here: rendering the overlay loads open3d (1.5 s), which refusals of bad input should not wait for.
     from engine.preprocess.overlay import OverlayRenderer, contact_sheet, sheet_frames
 
     n = track.num_frames
