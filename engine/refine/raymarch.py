@@ -166,7 +166,7 @@ def render_rays(avatar: Avatar, deformer: Deformer, fp: FramePose, origins: torc
         rgb = rgb.index_put((rows,), out.rgb)
     opacity = opacity.index_put((rows,), out.opacity)
     depth = depth.index_put((rows,), out.depth)
-    near_surface = (sdf.abs() < 0.05) & occ
+    near_surface = ((sdf.abs() < 0.05) & occ).nonzero()[:, 0]  # one compaction for both arrays
     morph = disp[occ].norm(dim=-1) if disp is not None else None
     return RaysOut(rgb, opacity, depth, body_dist, xc[near_surface], pts.reshape(-1, 3)[near_surface], morph,
                    crossed, closest_c)
