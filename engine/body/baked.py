@@ -53,25 +53,18 @@ def bake_body(model: BodyModel, shape: torch.Tensor) -> dict[str, np.ndarray]:
     J = model.num_bones
     zero = model.zero_pose(1)[0]
     k0 = _local_transforms(model, shape, zero)
-    # A's rotation: R(pose) about the model-native axis e turns into a rotation about A_r e.
-    cols = []
-    for axis in torch.eye(3):
-        pose = zero.clone()
-        pose[:] = axis * _PROBE_ANGLE
-        k = _local_transforms(model, shape, pose)
-        cols.append(_rotation_axis(k[:, :3, :3] @ k0[:, :3, :3].transpose(1, 2)))
+    # Every bone at once rotated by the probe angle about each model-native axis e.
+    axes = torch.eye(3, dtype=torch.float64)
+    probes = [_local_transforms(model, shape, (zero + e.float() * _PROBE_ANGLE)) for e in axes]
+    # A's rotation: R(pose) about e turns into a rotation about A_r e.
+    cols = [_rotation_axis(k[:, :3, :3] @ k0[:, :3, :3].transpose(1, 2)) for k in probes]
     u, _, vh = torch.linalg.svd(torch.stack(cols, -1))  # nearest rotation to the probed axes
     a_rot = u @ vh
     b_rot = a_rot.transpose(1, 2) @ k0[:, :3, :3]
-    # Translations: t(R) = A_r R b + a, so t(R) - t(I) = A_r (R - I) b; three probes fix b.
-    lhs, rhs = [], []
-    for axis in torch.eye(3, dtype=torch.float64):
-        pose = zero.clone()
-        pose[:] = (axis * _PROBE_ANGLE).float()
-        k = _local_transforms(model, shape, pose)
-        rot = axis_angle_to_matrix((axis * _PROBE_ANGLE)[None]).double()[0]
-        lhs.append(a_rot @ (rot - torch.eye(3, dtype=torch.float64)))
-        rhs.append(k[:, :3, 3] - k0[:, :3, 3])
+    # Translations: t(R) = A_r R b + a, so t(R) - t(I) = A_r (R - I) b; the three probes fix b.
+    rots = axis_angle_to_matrix(axes * _PROBE_ANGLE)
+    lhs = [a_rot @ (rot - torch.eye(3, dtype=torch.float64)) for rot in rots]
+    rhs = [k[:, :3, 3] - k0[:, :3, 3] for k in probes]
     b_t = torch.linalg.lstsq(torch.cat(lhs, 1), torch.cat(rhs, 1)[..., None]).solution[..., 0]
     a_t = k0[:, :3, 3] - (a_rot @ b_t[..., None])[..., 0]
     a = torch.eye(4, dtype=torch.float64).repeat(J, 1, 1)
