@@ -34,6 +34,7 @@ from engine.export import export_job
 from engine.jobs import Losses, run_job
 from engine.refine.config import load_preset
 from engine.refine.loop import FitBudget, fit_job
+from engine.synth.scene import SynthConfig
 
 log = logging.getLogger("benchmarks.gpu")
 
@@ -41,6 +42,11 @@ FRAMES = (4, 24, 44)
 CPU_REFERENCE = Path(__file__).parent / "results" / "geometry.json"
 SCORES = ("m_psnr", "chamfer_cm", "normal_consistency", "fscore_1cm")
 SCENE = "scene_standard"
+# The scenes of tests/gpu: the small scene of tests/engine/conftest.py and a small dress (the prior's second video).
+TEST_SCENES = {
+    "test_small": SynthConfig(frames=10, size=128, motion="turn", garment="shirt", seed=7, pose_noise=3.0, voxel=0.012),
+    "test_dress": SynthConfig(frames=10, size=96, motion="walk", garment="dress", seed=11, voxel=0.012),
+}
 
 
 def cpu_reference() -> dict:
@@ -53,19 +59,20 @@ def cpu_reference() -> dict:
     return {"machine": data.get("machine"), **rows[-1]} if rows else {}
 
 
-def prepare(work: Path) -> Path:
-    """Synthesises the standard scene into work/scene_standard (needs the desktop stack)."""
+def prepare(work: Path) -> None:
+    """Synthesises the standard scene into work/scene_standard, and the two small scenes of tests/gpu
+    (test_small, test_dress: run those tests with AVATAR_GPU_SCENES=work), which needs the desktop stack."""
     from engine.synth.scene import synth_job
 
-    scene = work / SCENE
-    if not (scene / "project").exists():
-        log.info("synthesising the standard scene into %s", scene)
+    for name, config in ((SCENE, STANDARD_SCENE), *TEST_SCENES.items()):
+        if (work / name / "project").exists():
+            continue
+        log.info("synthesising %s into %s", name, work / name)
         try:
-            run_job(synth_job(STANDARD_SCENE, scene))
+            run_job(synth_job(config, work / name))
         except ImportError as e:
             sys.exit(f"--prepare needs the desktop install ({e.name} is missing): run it where `make` set up the "
-                     "project, then copy the scene here.")
-    return scene
+                     "project, then copy the scenes here.")
 
 
 def reached(row: dict, ref: dict) -> bool:

@@ -31,6 +31,7 @@ import torch
 import trimesh
 from scipy.spatial import cKDTree
 
+from benchmarks.gpu import TEST_SCENES
 from engine.export import export_job
 from engine.jobs import Losses, run_job
 from engine.metrics import psnr
@@ -44,17 +45,29 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch.cuda.is_available() is False)"),
 ]
 
-# The small scene of tests/engine/conftest.py (`SMALL`).
-SCENE = SynthConfig(frames=10, size=128, motion="turn", garment="shirt", seed=7, pose_noise=3.0, voxel=0.012)
+SCENE, DRESS = TEST_SCENES["test_small"], TEST_SCENES["test_dress"]
 STEPS = 50
 RENDER_FRAME = 3
 
 
+# A GPU machine without the desktop stack cannot synthesise scenes: `python -m benchmarks.gpu --prepare` makes
+# these two where it is installed, and AVATAR_GPU_SCENES names the folder holding them (README).
+SCENES = os.environ.get("AVATAR_GPU_SCENES")
+
+
+def _scene(name: str, config: SynthConfig, root: Path) -> Path:
+    """A carried scene (AVATAR_GPU_SCENES/name), copied so the test may write into it; else made here."""
+    out = root / name
+    if SCENES and (Path(SCENES) / name / "project").exists():
+        shutil.copytree(Path(SCENES) / name, out)
+    else:
+        run_job(synth_job(config, out))
+    return out
+
+
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gpu_scene") / "s"
-    run_job(synth_job(SCENE, out))
-    return out
+    return _scene("test_small", SCENE, tmp_path_factory.mktemp("gpu_scene"))
 
 
 def _fit(scene, root, device: str):
@@ -129,9 +142,7 @@ def _prior_run(projects: list[Path], out: Path, device: str) -> tuple[list[str],
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs one GPU per rank: two GPUs")
 def test_prior_two_nccl_ranks_match_gloo(scene, tmp_path):
-    other = tmp_path / "dress"
-    run_job(synth_job(SynthConfig(frames=10, size=96, motion="walk", garment="dress", seed=11, voxel=0.012), other))
-    projects = [scene / "project", other / "project"]
+    projects = [scene / "project", _scene("test_dress", DRESS, tmp_path) / "project"]
     digests_gpu, psnr_gpu = _prior_run(projects, tmp_path / "nccl", "cuda")
     digests_cpu, psnr_cpu = _prior_run(projects, tmp_path / "gloo", "cpu")
     assert len(digests_gpu) == 2 and digests_gpu[0] == digests_gpu[1]
@@ -139,3 +150,25 @@ def test_prior_two_nccl_ranks_match_gloo(scene, tmp_path):
     assert psnr_gpu.keys() == psnr_cpu.keys() and len(psnr_gpu) == 4
     for visit, value in psnr_gpu.items():
         assert np.isfinite(value) and abs(value - psnr_cpu[visit]) <= 1.5, (visit, value, psnr_cpu[visit])
+
+
+def test_ray_caster_cuda_matches_cpu(scene):
+    """The torch ray caster on CUDA against itself on the CPU (the CPU one is checked against Embree in
+    tests/engine/test_raycast.py), on the project's body posed into frame 0."""
+    from engine.project import Project
+    from engine.project_body import load_project_body
+    from engine.render.raycast import raycasting_scene
+
+    project = Project.open(scene / "project")
+    body = load_project_body(project).model
+    v = body.posed_vertices(project.body().frame(0))[0].numpy()
+    cam = project.cameras()[0]
+    o, d = cam.rays()
+    hits = {dev: raycasting_scene(v, body.faces, device=dev, backend="torch").cast_rays(
+        torch.as_tensor(o, device=dev), torch.as_tensor(d, device=dev)) for dev in ("cpu", "cuda")}
+    a, b = ({k: x.cpu().numpy() for k, x in h.items()} for h in (hits["cpu"], hits["cuda"]))
+    hit_a, hit_b = np.isfinite(a["t_hit"]), np.isfinite(b["t_hit"])
+    assert hit_a.sum() > 1000 and float((hit_a != hit_b).mean()) <= 1e-3
+    both = hit_a & hit_b
+    assert float(np.abs(a["t_hit"][both] - b["t_hit"][both]).max()) <= 1e-4
+    assert float((a["primitive_ids"][both] == b["primitive_ids"][both]).mean()) >= 0.99
