@@ -36,6 +36,14 @@ def person_box(camera: Camera, vertices: np.ndarray | torch.Tensor, margin_m: fl
     return np.clip(uv.min(0) - m, 0, top), np.clip(uv.max(0) + m, 0, top)
 
 
+def box_pixels(camera: Camera, lo: torch.Tensor, hi: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """n integer pixels [n, 2] (x, y) drawn uniformly from the box lo..hi ([2] each, inclusive, as `person_box`
+    gives), clipped to the image, on the generator's device."""
+    p = lo + (hi + 1 - lo) * torch.rand(n, 2, generator=gen, device=gen.device)
+    size = torch.tensor([camera.width, camera.height], device=gen.device)
+    return p.long().clamp(min=0).minimum(size - 1)
+
+
 @torch.no_grad()
 def world_normals(avatar: Avatar, deformer: Deformer, fp: FramePose, x: torch.Tensor, h: float = 0.004
                   ) -> torch.Tensor:

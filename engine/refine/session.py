@@ -25,7 +25,7 @@ from engine.refine.deformer import Deformer, FramePose
 from engine.refine.losses import composite, image_losses
 from engine.refine.prior_file import load_prior
 from engine.refine.raymarch import render_rays
-from engine.refine.render import TRAIN_MARGIN_PX, person_box, render_frame, world_normals
+from engine.refine.render import TRAIN_MARGIN_PX, box_pixels, person_box, render_frame, world_normals
 from engine.settings import Device, choices, one_of
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,10 @@ class Session:
         cam = self.cameras[i]
         image = torch.as_tensor(self.project.frame(i), device=self.device)
         mask = torch.as_tensor(self.project.mask(i), device=self.device).float()
-        lo, hi = person_box(cam, self.deformer.frame(i, base=base).vertices.cpu().numpy(), margin_px=TRAIN_MARGIN_PX)
+        lo, hi = person_box(cam, self.deformer.frame(i, base=base).vertices, margin_px=TRAIN_MARGIN_PX)
         with torch.no_grad():
             enc = self._with_encoding(self.deformer.frame(i, base=base), image)
-        g = np.random.default_rng(i)
+        gen = torch.Generator(device=self.device).manual_seed(i)
         frozen = [p for p in av.parameters() if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
@@ -98,13 +98,12 @@ class Session:
             for s in range(steps):
                 for grp in opt.param_groups:
                     grp["lr"] = lr * 0.1 ** (s / steps)
-                pix = g.uniform(lo, hi + 1, size=(rays, 2)).astype(int).clip(0, [cam.width - 1, cam.height - 1])
-                o, d = pixel_rays(cam, pix, self.device)
+                pt = box_pixels(cam, lo, hi, rays, gen)  # on the device, as in training
+                o, d = pixel_rays(cam, pt, self.device)
                 fp = replace(self.deformer.frame(i, d_pose, self._in_image_plane(i, d_tr), base=base),
                              features=enc.features, camera=enc.camera)
                 out = render_rays(av, self.deformer, fp, o, d, cfg.coarse_samples, cfg.fine_samples, cfg.sampler,
                                   cfg.shell)
-                pt = torch.as_tensor(pix, device=self.device)
                 terms = image_losses(cfg, out, composite(av, out, pt), image[pt[:, 1], pt[:, 0]],
                                      mask[pt[:, 1], pt[:, 0]], terms=("rgb", "mask"))
                 loss = sum(terms.values())

@@ -20,7 +20,7 @@ from engine.geometry.camera import pixel_rays
 from engine.refine import losses as L
 from engine.refine.config import RefineConfig
 from engine.refine.raymarch import render_rays
-from engine.refine.render import TRAIN_MARGIN_PX, person_box
+from engine.refine.render import TRAIN_MARGIN_PX, box_pixels, person_box
 from engine.refine.session import Session
 
 log = logging.getLogger(__name__)
@@ -172,10 +172,8 @@ def train_step(session: Session, opt: Optimizers, data: TrainData, n_rays: int, 
     # Rays: most inside the projected body's box (no mask needed), the rest anywhere; drawn on the device.
     lo, hi = person_box(cam, fp.vertices, margin_px=TRAIN_MARGIN_PX)
     n_in = int(n_rays * cfg.person_ray_fraction)
-    size = torch.tensor([cam.width, cam.height], device=dev)
-    pin = lo + (hi + 1 - lo) * torch.rand(n_in, 2, generator=gen, device=dev)
-    pout = size * torch.rand(n_rays - n_in, 2, generator=gen, device=dev)
-    pt = torch.cat([pin, pout]).long().clamp(min=0).minimum(size - 1)
+    whole = torch.zeros(2, device=dev), torch.tensor([cam.width - 1.0, cam.height - 1.0], device=dev)
+    pt = torch.cat([box_pixels(cam, lo, hi, n_in, gen), box_pixels(cam, *whole, n_rays - n_in, gen)])
     o, d = pixel_rays(cam, pt, dev)
     gt = data.images[f][pt[:, 1], pt[:, 0]]
     gm = data.masks[f][pt[:, 1], pt[:, 0]].float()
