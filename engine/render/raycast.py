@@ -242,7 +242,7 @@ def render_mesh(
     # Pixel-centre pass: mask, depth, normals.
     scene = raycasting_scene(vertices, faces, device=device, backend=backend)
     _, dirs = camera.rays()
-    hit = scene.cast_rays(camera.center, dirs)
+    hit = scene.cast_rays(camera.center, dirs.reshape(-1, 3))  # flat rays: the texture lookup is per ray
     _, ok, n = colour_at(hit)
     ok = ok.reshape(H, W)
     z_along = (dirs @ camera.R[2]).reshape(H, W)  # ray t → camera depth
@@ -257,7 +257,7 @@ def render_mesh(
     for oy in offs:
         for ox in offs:
             _, d = rays_through(camera, np.stack([u + ox, v + oy], axis=-1))
-            h = scene.cast_rays(camera.center, d)
+            h = scene.cast_rays(camera.center, d.reshape(-1, 3))
             col, k, _ = colour_at(h)
             acc += np.where(k.reshape(H, W)[..., None], col.reshape(H, W, 3), bg)
     rgb = (acc / (s * s)).astype(np.float32)
