@@ -100,8 +100,9 @@ def check_baked(model: BodyModel, baked: BakedBody, poses: int = 4, seed: int = 
     Raises:
         ValueError: above BAKE_TOLERANCE.
     """
-    gen = torch.Generator().manual_seed(seed)
-    pose = (torch.rand(poses, model.num_bones, 3, generator=gen) - 0.5) * 1.6
+    dev = baked.shape.device  # the real model's arrays are on the CPU at bake time; the poses go where they are
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    pose = (torch.rand(poses, model.num_bones, 3, generator=gen, device=dev) - 0.5) * 1.6
     err = float((model.body_transforms(baked.shape, pose) - baked.body_transforms(baked.shape, pose)).abs().max())
     if not err <= BAKE_TOLERANCE:
         raise ValueError(f"the {model.name} body model's bones do not pose as a rotation between two fixed "
