@@ -69,6 +69,6 @@ def load_project_body(project: Project, body_model_dir: str | None = None) -> Pr
     except ImportError as e:
         raise UserError(
             f"{project.root} has no usable {BODY_MODEL_FILE} (it was made by an older version, or its body "
-            f"changed), and making one needs the desktop install ({e.name or e} is missing). Open the project "
-            "once where Avatar Studio is fully installed (`make run`), or run preprocessing again, then copy "
-            "it here.") from None
+            f"changed), and making one needs the desktop install ({e.name or e} is missing). Where Avatar "
+            "Studio is fully installed, run a command on the project once (`python main.py eval PROJECT "
+            "--no-textured`) or preprocess again, then copy it here.") from None
