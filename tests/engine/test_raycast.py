@@ -210,19 +210,3 @@ def test_render_without_open3d():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu(body_mesh):
-    v, f = body_mesh
-    cam = _camera((0.3, 0.2, 2.5), (640, 480))
-    _, dirs = cam.rays()
-    cpu = raycasting_scene(v, f, backend="torch").cast_rays(cam.center, dirs)
-    scene = raycasting_scene(v, f, device="cuda")
-    assert scene.backend == "torch"
-    gpu = scene.cast_rays(torch.as_tensor(cam.center, device="cuda"), torch.as_tensor(dirs, device="cuda"))
-    assert gpu["t_hit"].device.type == "cuda"
-    _compare(cpu, {k: x.cpu().numpy() for k, x in gpu.items()}, v, f)
-    r = [render_mesh(v, f, np.full((len(v), 3), 0.5), cam, device=d) for d in ("cpu", "cuda")]
-    assert (r[0].mask != r[1].mask).sum() <= 2

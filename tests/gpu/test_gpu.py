@@ -13,6 +13,9 @@ without CUDA). Tolerances, stated once here:
   GPUs: NCCL refuses two ranks on one device) and by two gloo processes on the CPU: both ranks end with
   identical shared weights, and every visit's held-out PSNR is within 1.5 dB of the CPU run's (different
   random rays, 3 steps per visit).
+- ray caster: the body of frame 0 cast on each device: hit masks differ on at most 0.1 % of the rays,
+  depths within 0.1 mm, the same triangle on 99 % of the rays; a mesh render's masks differ on at most
+  2 pixels, depths within 0.1 mm, colours within 1e-3 on average.
 """
 
 from __future__ import annotations
@@ -154,21 +157,27 @@ def test_prior_two_nccl_ranks_match_gloo(scene, tmp_path):
 
 def test_ray_caster_cuda_matches_cpu(scene):
     """The torch ray caster on CUDA against itself on the CPU (the CPU one is checked against Embree in
-    tests/engine/test_raycast.py), on the project's body posed into frame 0."""
+    tests/engine/test_raycast.py), on the project's body posed into frame 0, and a mesh render on each."""
     from engine.project import Project
     from engine.project_body import load_project_body
-    from engine.render.raycast import raycasting_scene
+    from engine.render.raycast import raycasting_scene, render_mesh
 
     project = Project.open(scene / "project")
     body = load_project_body(project).model
     v = body.posed_vertices(project.body().frame(0))[0].numpy()
     cam = project.cameras()[0]
     o, d = cam.rays()
-    hits = {dev: raycasting_scene(v, body.faces, device=dev, backend="torch").cast_rays(
-        torch.as_tensor(o, device=dev), torch.as_tensor(d, device=dev)) for dev in ("cpu", "cuda")}
+    scenes = {"cpu": raycasting_scene(v, body.faces, backend="torch"), "cuda": raycasting_scene(v, body.faces, device="cuda")}
+    assert scenes["cuda"].backend == "torch"  # the default on CUDA
+    hits = {dev: s.cast_rays(torch.as_tensor(o, device=dev), torch.as_tensor(d, device=dev)) for dev, s in scenes.items()}
+    assert hits["cuda"]["t_hit"].device.type == "cuda"
     a, b = ({k: x.cpu().numpy() for k, x in h.items()} for h in (hits["cpu"], hits["cuda"]))
     hit_a, hit_b = np.isfinite(a["t_hit"]), np.isfinite(b["t_hit"])
     assert hit_a.sum() > 1000 and float((hit_a != hit_b).mean()) <= 1e-3
     both = hit_a & hit_b
     assert float(np.abs(a["t_hit"][both] - b["t_hit"][both]).max()) <= 1e-4
     assert float((a["primitive_ids"][both] == b["primitive_ids"][both]).mean()) >= 0.99
+    r = [render_mesh(v, body.faces, np.full((len(v), 3), 0.5), cam, device=dev, backend="torch") for dev in scenes]
+    assert (r[0].mask != r[1].mask).sum() <= 2
+    both = r[0].mask & r[1].mask
+    assert np.abs(r[0].depth[both] - r[1].depth[both]).max() < 1e-4 and np.abs(r[0].rgb - r[1].rgb).mean() < 1e-3
