@@ -57,7 +57,7 @@ class Deformer:
         self._rest_dev = self.rest.to(device)
         self._shape_dev = self.shape.to(device)
         self._base_dev = tuple(t.to(device) for t in (params.pose, params.global_orient, params.transl))
-        self._pose_bones_dev = torch.tensor(self.pose_bones, device=device)
+        self.pose_bone_index = torch.tensor(self.pose_bones, device=device)  # the same, as an index on the device
         self.canonical_vertices_dev = self.canonical_vertices.to(device)
         # Nearest-vertex lookups (the costliest part of a step) use one vertex per 1.5 cm voxel of the
         # canonical body: skinning weights vary smoothly, and Anny's 13.7k vertices crowd the face and hands.
@@ -78,7 +78,7 @@ class Deformer:
         `base` (pose, orientation, translation; default: the stored body of frame i)."""
         pose, orient, transl = (t.to(self.device) for t in (base if base is not None else self.base(i)))
         if pose_delta is not None:
-            pose = pose.index_add(0, self._pose_bones_dev, pose_delta.to(self.device))
+            pose = pose.index_add(0, self.pose_bone_index, pose_delta.to(self.device))
             transl = transl + transl_delta.to(self.device)
         p = BodyParams(self._shape_dev, pose[None], orient[None], transl[None])
         tfs, verts = self._posing.posed(p, rest=self._rest_dev)

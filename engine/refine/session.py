@@ -140,7 +140,7 @@ class Session:
         with torch.no_grad():
             pose, orient, transl = self.deformer.base(i)
             d_pose, d_tr = self.avatar.frame_deltas(i)
-            pose = pose.index_add(0, torch.tensor(self.deformer.pose_bones, device=pose.device), d_pose.to(pose))
+            pose = pose.index_add(0, self.deformer.pose_bone_index, d_pose.to(pose))
             return pose, orient, transl + self._in_image_plane(i, d_tr.to(transl))
 
     def base_params(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

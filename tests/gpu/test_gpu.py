@@ -167,9 +167,11 @@ def test_ray_caster_cuda_matches_cpu(scene):
     v = body.posed_vertices(project.body().frame(0))[0].numpy()
     cam = project.cameras()[0]
     o, d = cam.rays()
-    scenes = {"cpu": raycasting_scene(v, body.faces, backend="torch"), "cuda": raycasting_scene(v, body.faces, device="cuda")}
+    scenes = {"cpu": raycasting_scene(v, body.faces, backend="torch"),
+              "cuda": raycasting_scene(v, body.faces, device="cuda")}
     assert scenes["cuda"].backend == "torch"  # the default on CUDA
-    hits = {dev: s.cast_rays(torch.as_tensor(o, device=dev), torch.as_tensor(d, device=dev)) for dev, s in scenes.items()}
+    hits = {dev: s.cast_rays(torch.as_tensor(o, device=dev), torch.as_tensor(d, device=dev))
+            for dev, s in scenes.items()}
     assert hits["cuda"]["t_hit"].device.type == "cuda"
     a, b = ({k: x.cpu().numpy() for k, x in h.items()} for h in (hits["cpu"], hits["cuda"]))
     hit_a, hit_b = np.isfinite(a["t_hit"]), np.isfinite(b["t_hit"])
